@@ -1,0 +1,23 @@
+"""sdexplore: see inside Stable Diffusion. Trace a run, look at every step, its attention and its prompt."""
+
+from .capture.run import trace, tracing
+from .capture.storage import TraceFileError
+from .capture.trace import Trace
+from .models import SCHEDULERS, ModelNotAvailableError, as_img2img, as_inpaint, load_pipeline, tiny_pipeline
+from .prompts import PromptTruncatedWarning, Token, token_table
+
+__all__ = [
+    "SCHEDULERS",
+    "ModelNotAvailableError",
+    "PromptTruncatedWarning",
+    "Token",
+    "Trace",
+    "TraceFileError",
+    "as_img2img",
+    "as_inpaint",
+    "load_pipeline",
+    "tiny_pipeline",
+    "token_table",
+    "trace",
+    "tracing",
+]

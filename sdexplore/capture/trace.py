@@ -1,0 +1,147 @@
+"""Trace: what happened at every denoising step of one pipeline run, as plain data.
+
+Names follow the papers and diffusers: x_t is ``latents[i]`` (entering step i), x_{t-1} is
+``latents[i + 1]``, ``x0[i]`` the predicted clean latents, ``noise_pred*`` the UNet's raw
+prediction (epsilon or v, as ``params["prediction_type"]`` says). All tensors live on the CPU,
+detached, float32. N = steps actually run (img2img runs int(steps * strength) of them).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..prompts import Token
+from .storage import load_tensors, save_tensors
+
+_STEP_FIELDS = ("x0", "noise_pred", "noise_pred_text", "noise_pred_uncond", "scheduler_x0")
+
+
+@dataclass
+class Trace:
+    """One traced run.
+
+    timesteps          [N]                  the scheduler's timestep at each step
+    latents            [N+1, B, C, h, w]    x_T entering step 0 ... latents after the last step
+    x0                 [N, B, C, h, w]      predicted clean latents at each step
+    noise_pred         [N, B, C, h, w]      guided prediction the scheduler used
+    noise_pred_text    [N, B, C, h, w]      UNet prediction with the prompt
+    noise_pred_uncond  [N, B, C, h, w]      with the negative/empty prompt; None without CFG
+    scheduler_x0       [N, B, C, h, w]      x0 as the scheduler reported it; None if it does not
+    prompt_embeds      [B, 77, D]           text-encoder output for the prompt
+    negative_prompt_embeds [B, 77, D]       for the negative/empty prompt; None without CFG
+    images             list of B PIL images (the pipeline's output)
+    tokens             per prompt, the token table (see sdexplore.prompts.Token)
+    params             seed, prompt, pipeline kwargs, model, scheduler, versions (JSON-safe)
+    inputs             input images/masks as uint8 tensors [H, W, C]
+    attention          cross-attention maps (AttentionMaps) when traced with attention
+    """
+
+    timesteps: torch.Tensor
+    latents: torch.Tensor
+    x0: torch.Tensor
+    noise_pred: torch.Tensor
+    noise_pred_text: torch.Tensor
+    noise_pred_uncond: torch.Tensor | None
+    prompt_embeds: torch.Tensor | None
+    negative_prompt_embeds: torch.Tensor | None
+    images: list[Image.Image]
+    tokens: list[list[Token]]
+    params: dict
+    scheduler_x0: torch.Tensor | None = None
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    attention: object | None = None
+
+    # --- reading ---------------------------------------------------------------------------
+
+    @property
+    def num_steps(self) -> int:
+        """N, the number of denoising steps actually run."""
+        return int(self.timesteps.shape[0])
+
+    @property
+    def seed(self) -> int:
+        return self.params["seed"]
+
+    @property
+    def prompt(self) -> str | list[str]:
+        return self.params["prompt"]
+
+    def step_index(self, step: int) -> int:
+        """``step`` as a non-negative index; negative counts from the end. IndexError if out of range."""
+        if not isinstance(step, (int, np.integer)) or isinstance(step, bool):
+            raise TypeError(f"step must be an int, not {type(step).__name__}")
+        if not -self.num_steps <= step < self.num_steps:
+            raise IndexError(
+                f"step {step} does not exist: this trace has {self.num_steps} steps "
+                f"(0..{self.num_steps - 1}, or -1..-{self.num_steps} from the end)"
+            )
+        return int(step) % self.num_steps
+
+    def step(self, step: int) -> dict:
+        """Everything recorded at one step: timestep, x_t, x_prev, x0 and the predictions [B, C, h, w]."""
+        i = self.step_index(step)
+        record = {"step": i, "timestep": float(self.timesteps[i]), "x_t": self.latents[i], "x_prev": self.latents[i + 1]}
+        for name in _STEP_FIELDS:
+            value = getattr(self, name)
+            record[name] = None if value is None else value[i]
+        return record
+
+    def latent(self, step: int, which: str = "x0") -> torch.Tensor:
+        """[B, C, h, w]: ``which`` is "x0" (clean estimate), "x_t" (entering the step) or "x_prev" (after it)."""
+        choices = {"x0": lambda i: self.x0[i], "x_t": lambda i: self.latents[i], "x_prev": lambda i: self.latents[i + 1]}
+        if which not in choices:
+            raise ValueError(f"unknown latent {which!r}; choose one of: {', '.join(choices)}")
+        return choices[which](self.step_index(step))
+
+    def token_table(self, prompt_index: int = 0) -> list[Token]:
+        """The token table of one prompt of the batch (77 rows, plus any truncated tokens)."""
+        return self.tokens[prompt_index]
+
+    # --- saving ----------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike):
+        """Write the trace to one safetensors file (tensors) with JSON metadata, atomically."""
+        tensors = {name: value for name, value in self._tensor_fields().items() if value is not None}
+        tensors["images"] = torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in self.images])) \
+            if self.images else torch.zeros(0, dtype=torch.uint8)
+        tensors.update({f"inputs.{name}": value for name, value in self.inputs.items()})
+        metadata = {"params": self.params, "tokens": [[t.to_dict() for t in table] for table in self.tokens]}
+        if self.attention is not None:
+            tensors.update({f"attention.{k}": v for k, v in self.attention.to_tensors().items()})
+            metadata["attention"] = self.attention.to_metadata()
+        return save_tensors(path, tensors, metadata)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Trace":
+        """Read a trace written by ``save`` (no pickle); TraceFileError if the file is not one."""
+        tensors, metadata = load_tensors(path)
+        tokens = [[Token(**row) for row in table] for table in metadata["tokens"]]
+        images = [Image.fromarray(array) for array in tensors.pop("images").numpy()]
+        inputs = {k.removeprefix("inputs."): tensors.pop(k) for k in list(tensors) if k.startswith("inputs.")}
+        attention_tensors = {k.removeprefix("attention."): tensors.pop(k) for k in list(tensors) if k.startswith("attention.")}
+        attention = None
+        if "attention" in metadata:
+            from .attention import AttentionMaps
+
+            attention = AttentionMaps.from_saved(attention_tensors, metadata["attention"], tokens)
+        fields = {name: tensors.get(name) for name in cls._tensor_names()}
+        return cls(**fields, images=images, tokens=tokens, params=metadata["params"], inputs=inputs, attention=attention)
+
+    def _tensor_fields(self) -> dict[str, torch.Tensor | None]:
+        return {name: getattr(self, name) for name in self._tensor_names()}
+
+    @staticmethod
+    def _tensor_names() -> tuple[str, ...]:
+        return ("timesteps", "latents", "x0", "noise_pred", "noise_pred_text", "noise_pred_uncond",
+                "scheduler_x0", "prompt_embeds", "negative_prompt_embeds")
+
+    def __repr__(self) -> str:
+        batch, channels, h, w = self.latents.shape[1:]
+        extras = ", attention" if self.attention is not None else ""
+        return (f"Trace(prompt={self.prompt!r}, seed={self.seed}, steps={self.num_steps}, "
+                f"latents=[{self.num_steps + 1}, {batch}, {channels}, {h}, {w}]{extras})")
