@@ -44,7 +44,7 @@ class Tracing:
             raise RuntimeError("nothing was recorded: call the pipeline inside the `with tracing(pipe)` block")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
         tokenizer = self.pipe.tokenizer
-        tables = [token_table(tokenizer, p, warn=False) for p in prompts]
+        tables = [token_table(tokenizer, p) for p in prompts]
         uncond, text = _split_embeddings(self.steps.prompt_embeds, records[0])
         images = list(getattr(output, "images", []) or [])
         images = [im for im in images if isinstance(im, Image.Image)]

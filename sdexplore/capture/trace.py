@@ -98,6 +98,12 @@ class Trace:
             raise ValueError(f"unknown latent {which!r}; choose one of: {', '.join(choices)}")
         return choices[which](self.step_index(step))
 
+    def preview(self, step: int = -1, which: str = "x0", method: str = "approx", **decoder) -> list[Image.Image]:
+        """PIL pictures of one step's latents; method "approx", "vae" (pipe=) or "taesd" (taesd=)."""
+        from ..decode import preview
+
+        return preview(self, step, which, method, **decoder)
+
     def token_table(self, prompt_index: int = 0) -> list[Token]:
         """The token table of one prompt of the batch (77 rows, plus any truncated tokens)."""
         return self.tokens[prompt_index]

@@ -1,0 +1,7 @@
+"""``python -m sdexplore`` is the ``sdexplore`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

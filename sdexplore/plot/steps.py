@@ -1,0 +1,53 @@
+"""Figures of the denoising process: from pure noise to a picture, step by step."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..decode import preview
+
+
+def evenly_spaced_steps(num_steps: int, count: int) -> list[int]:
+    """``count`` step indices from first to last, evenly spaced (all steps if there are fewer)."""
+    if count >= num_steps:
+        return list(range(num_steps))
+    return sorted({int(round(i)) for i in np.linspace(0, num_steps - 1, count)})
+
+
+def denoising_previews(run, steps: list[int] | None = None, *, method: str = "approx", prompt_index: int = 0,
+                       **decoder) -> dict:
+    """Pictures for the denoising strip: x_t (what the sampler holds) and x0 (its clean guess).
+
+    Returns {"steps": [...], "timesteps": [...], "x_t": [PIL], "x0": [PIL], "image": PIL | None}.
+    """
+    steps = evenly_spaced_steps(run.num_steps, 8) if steps is None else [run.step_index(s) for s in steps]
+    pictures = {"x_t": [], "x0": []}
+    for step in steps:
+        for which in pictures:
+            pictures[which].append(preview(run, step, which, method, **decoder)[prompt_index])
+    image = run.images[prompt_index] if run.images else None
+    return {"steps": steps, "timesteps": [float(run.timesteps[s]) for s in steps], **pictures, "image": image}
+
+
+def plot_denoising(previews: dict, *, title: str | None = None) -> Figure:
+    """Two rows (x_t above, predicted x0 below) across the chosen steps, the final image at the right."""
+    columns = len(previews["steps"]) + (previews["image"] is not None)
+    figure = Figure(figsize=(1.6 * columns, 3.6), layout="constrained")
+    axes = figure.subplots(2, columns, squeeze=False)
+    for col, (step, t) in enumerate(zip(previews["steps"], previews["timesteps"])):
+        axes[0, col].imshow(previews["x_t"][col])
+        axes[0, col].set_title(f"step {step}\nt={t:.0f}", fontsize=8)
+        axes[1, col].imshow(previews["x0"][col])
+    if previews["image"] is not None:
+        axes[0, -1].imshow(previews["image"])
+        axes[0, -1].set_title("final image", fontsize=8)
+        axes[1, -1].set_visible(False)
+    axes[0, 0].set_ylabel("x_t (noisy)", fontsize=8)
+    axes[1, 0].set_ylabel("predicted x0", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure

@@ -1,0 +1,87 @@
+"""load_pipeline: tiny models, scheduler names, real from_pretrained loading of a saved folder, clear errors."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
+
+import sdexplore
+from sdexplore import models
+
+
+def test_tiny_models_are_sd_shaped_and_deterministic():
+    pipe = sdexplore.load_pipeline("tiny")
+    assert isinstance(pipe, StableDiffusionPipeline)
+    unet = pipe.unet
+    assert unet.config.in_channels == 4 and unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    cross_attention_resolutions = [b for b in unet.config.down_block_types if b.startswith("CrossAttn")]
+    assert len(cross_attention_resolutions) >= 2
+    assert pipe.tokenizer.model_max_length == 77 and pipe.vae_scale_factor == 8
+    again = sdexplore.load_pipeline("tiny")
+    for a, b in zip(pipe.unet.parameters(), again.unet.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_tiny_sd2_and_inpaint_variants():
+    sd2 = sdexplore.load_pipeline("tiny-sd2")
+    assert sd2.scheduler.config.prediction_type == "v_prediction"
+    assert sd2.unet.config.use_linear_projection and sd2.unet.config.upcast_attention
+    assert list(sd2.unet.config.attention_head_dim) == [2, 4]
+    inpaint = sdexplore.load_pipeline("tiny-inpaint")
+    assert isinstance(inpaint, StableDiffusionInpaintPipeline) and inpaint.unet.config.in_channels == 9
+
+
+@pytest.mark.parametrize("name", sorted(sdexplore.SCHEDULERS))
+def test_scheduler_names_keep_the_models_schedule(tiny_sd2, name):
+    pipe = sdexplore.load_pipeline("tiny-sd2", scheduler=name)
+    assert isinstance(pipe.scheduler, sdexplore.SCHEDULERS[name])
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.scheduler.config.beta_schedule == "scaled_linear"
+    torch.testing.assert_close(pipe.scheduler.alphas_cumprod, tiny_sd2.scheduler.alphas_cumprod)
+
+
+def test_unknown_scheduler_names_the_choices():
+    with pytest.raises(ValueError, match=r"unknown scheduler 'heun'; choose one of: ddim, ddpm, euler, euler_a, dpm\+\+, pndm"):
+        sdexplore.load_pipeline("tiny", scheduler="heun")
+
+
+def test_a_saved_pipeline_folder_loads_back_through_from_pretrained(tmp_path, tiny):
+    tiny.save_pretrained(tmp_path / "sd")
+    loaded = sdexplore.load_pipeline(str(tmp_path / "sd"), scheduler="euler")
+    assert type(loaded).__name__ == "StableDiffusionPipeline"
+    assert type(loaded.scheduler).__name__ == "EulerDiscreteScheduler"
+    same = sdexplore.load_pipeline(tmp_path / "sd")
+    a = sdexplore.trace(tiny, "a cat", seed=0, num_inference_steps=3)
+    b = sdexplore.trace(same, "a cat", seed=0, num_inference_steps=3)
+    torch.testing.assert_close(a.latents, b.latents)
+    assert np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0]))
+
+
+def test_a_saved_inpaint_folder_loads_as_the_inpaint_pipeline(tmp_path, tiny_inpaint):
+    tiny_inpaint.save_pretrained(tmp_path / "inpaint")
+    loaded = sdexplore.load_pipeline(tmp_path / "inpaint")
+    assert isinstance(loaded, StableDiffusionInpaintPipeline) and loaded.unet.config.in_channels == 9
+
+
+def test_offline_hub_id_gives_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(sdexplore.ModelNotAvailableError, match="not in the local Hugging Face cache") as info:
+        sdexplore.load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5")
+    assert "huggingface-cli download stable-diffusion-v1-5/stable-diffusion-v1-5" in str(info.value)
+
+
+def test_folder_without_model_index_is_a_clear_error(tmp_path):
+    with pytest.raises(sdexplore.ModelNotAvailableError, match="no model_index.json"):
+        sdexplore.load_pipeline(tmp_path)
+
+
+def test_missing_toy_weights_say_how_to_get_them(monkeypatch, tmp_path):
+    monkeypatch.setattr(models, "TOY_WEIGHTS", tmp_path / "nothing")
+    with pytest.raises(sdexplore.ModelNotAvailableError, match="sdexplore.toy.train"):
+        sdexplore.load_pipeline("toy")
+
+
+def test_img2img_and_inpaint_siblings_share_the_weights(tiny):
+    img2img, inpaint = sdexplore.as_img2img(tiny), sdexplore.as_inpaint(tiny)
+    assert img2img.unet is tiny.unet and inpaint.vae is tiny.vae
