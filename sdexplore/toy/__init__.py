@@ -1,0 +1,1 @@
+"""The toy world: procedural scenes (``world``), a judge that reads images of them (``judge``)."""
