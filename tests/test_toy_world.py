@@ -1,0 +1,190 @@
+"""The toy world (scenes, renders, masks, captions, held-out split) and its judge."""
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from sdexplore.toy import world
+from sdexplore.toy.judge import get_judge
+from sdexplore.toy.world import ObjectSpec, SceneSpec
+
+POSITION_WORD_TO_POSITION = {
+    "left": "left", "right": "right", "top": "top", "bottom": "bottom",
+    "center": "center", "centre": "center", "middle": "center",
+}
+
+
+def random_scenes(n, seed=0, **kwargs):
+    rng = np.random.default_rng(seed)
+    return [world.sample_scene(rng, **kwargs) for _ in range(n)]
+
+
+def cat(kind="cat", color="orange", position="center", size="large"):
+    return ObjectSpec(kind, color, "plain", "green", position, size)
+
+
+def test_same_seed_same_dataset_other_seed_other_dataset():
+    images, captions, scenes = world.make_dataset(30, seed=3)
+    again = world.make_dataset(30, seed=3)
+    other = world.make_dataset(30, seed=4)
+    assert images.shape == (30, 64, 64, 3) and images.dtype == np.uint8
+    assert np.array_equal(images, again[0]) and captions == again[1] and scenes == again[2]
+    assert not np.array_equal(images, other[0]) and captions != other[1]
+
+
+def test_render_size_and_dtypes():
+    scene = random_scenes(1, n_objects=2)[0]
+    for size in (64, 128):
+        rendered = world.render(scene, size=size)
+        assert rendered.image.shape == (size, size, 3) and rendered.image.dtype == np.uint8
+        assert [m.shape for m in rendered.masks] == [(size, size)] * 2
+        assert all(m.dtype == bool for m in rendered.masks)
+
+
+def test_masks_are_exactly_the_pixels_that_differ_from_the_background():
+    for scene in random_scenes(60, seed=1):
+        rendered = world.render(scene)
+        background = world.render_background(scene.background)
+        covered = np.logical_or.reduce(rendered.masks)
+        changed = (rendered.image != background).any(axis=-1)
+        assert all(m.sum() > 20 for m in rendered.masks)
+        assert not changed[~covered].any()
+        assert changed[covered].mean() > 0.99
+
+
+def test_two_objects_do_not_hide_each_other():
+    for scene in random_scenes(40, seed=2, n_objects=2):
+        together = world.render(scene).masks
+        assert not (together[0] & together[1]).any()
+        for obj, mask in zip(scene.objects, together):
+            alone = world.render(SceneSpec([obj], scene.background)).masks[0]
+            assert mask.sum() >= 0.97 * alone.sum()
+
+
+def test_caption_positions_match_mask_centroids():
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        scene = world.sample_scene(rng, n_objects=1)
+        rendered = world.render(scene, rng=rng)
+        stated = {POSITION_WORD_TO_POSITION[w] for w in world.caption_words(world.caption(scene, rng))
+                  if w in POSITION_WORD_TO_POSITION}
+        assert stated == {world.mask_position(rendered.masks[0])} == {scene.objects[0].position}
+    for scene in random_scenes(100, seed=6, n_objects=2):
+        rendered = world.render(scene, rng=rng)
+        assert [world.mask_position(m) for m in rendered.masks] == [o.position for o in scene.objects]
+
+
+def test_captions_state_kind_and_colour():
+    rng = np.random.default_rng(7)
+    for scene in random_scenes(200, seed=7, n_objects=1):
+        obj = scene.objects[0]
+        text = world.caption(scene, rng)
+        assert text == text.lower()
+        assert world.KIND_WORDS[obj.kind][-1] in text
+        assert any(c in world.caption_words(text) for c in world.COLOR_WORDS[obj.color])
+
+
+def test_canonical_prompt_states_everything():
+    scene = SceneSpec([ObjectSpec("cat", "orange", "tabby", "green", "left", "large")], "sea")
+    assert world.canonical_prompt(scene) == (
+        "a photo of a large orange tabby cat with green eyes on the left, sea background"
+    )
+    ball = ObjectSpec("ball", "red", None, None, "top", "small")
+    pair = SceneSpec([ball, cat("kitten", "grey", "bottom", "small")], "sand")
+    assert world.canonical_prompt(pair) == (
+        "a photo of a small red ball at the top and a small grey kitten with green eyes at the bottom,"
+        " sand background"
+    )
+
+
+def test_every_caption_word_is_in_words():
+    assert world.WORDS == sorted(set(world.WORDS))
+    vocabulary = set(world.WORDS)
+    rng = np.random.default_rng(8)
+    for scene in random_scenes(1500, seed=8):
+        assert set(world.caption_words(world.caption(scene, rng))) <= vocabulary
+        assert set(world.caption_words(world.canonical_prompt(scene))) <= vocabulary
+    assert {"cat", "kitten", "sea", "wave", "palm", "tree", "tabby", "bicolor", "eyes"} <= vocabulary
+
+
+def test_kitten_has_a_bigger_head_on_a_smaller_body_than_a_cat():
+    def head_to_body(plan):
+        return plan.head_radius / plan.body_height
+
+    assert head_to_body(world.BODY_PLANS["kitten"]) > 2 * head_to_body(world.BODY_PLANS["cat"])
+
+    def head_width_share_and_area(kind):
+        """Widest row in the top third of the mask (the head), over the mask's full width."""
+        mask = world.render(SceneSpec([cat(kind)], "grass")).masks[0]
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        top_third = mask[rows[0] : rows[0] + len(rows) // 3]
+        return top_third.sum(axis=1).max() / len(cols), mask.sum()
+
+    kitten_head, kitten_area = head_width_share_and_area("kitten")
+    cat_head, cat_area = head_width_share_and_area("cat")
+    assert kitten_head > 0.7 > 0.55 > cat_head
+    assert kitten_area < 0.85 * cat_area  # a kitten is smaller overall
+
+
+def test_held_out_split():
+    combos = [(k, c, p) for k in world.KINDS for c in world.COLORS_BY_KIND[k] for p in world.POSITIONS]
+    held = set(world.held_out_combos())
+    assert 0.08 <= len(held) / len(combos) <= 0.15
+    trained = [c for c in combos if c not in held]
+    for i, values in enumerate((world.KINDS, world.COLORS, world.POSITIONS)):
+        assert {combo[i] for combo in trained} == set(values)
+    assert {k for k, _, _ in held} >= {"cat", "kitten"}
+    for scene in random_scenes(2000, seed=9, exclude=world.is_held_out):
+        assert not any(world.is_held_out(o) for o in scene.objects)
+    assert not any(world.is_held_out(o) for s in world.make_dataset(200, seed=1)[2] for o in s.objects)
+    prompts = world.held_out_prompts(40, seed=0)
+    assert len(prompts) == 40
+    assert all(len(s.objects) == 1 and world.is_held_out(s.objects[0]) for s in prompts)
+    assert {(o.kind, o.color, o.position) for s in prompts for o in s.objects} == held
+
+
+def test_objects_contrast_with_their_background():
+    for scene in random_scenes(500, seed=10):
+        assert all(world.contrasts(o.kind, o.color, scene.background) for o in scene.objects)
+
+
+@pytest.mark.parametrize(
+    "make, allowed",
+    [
+        (lambda: ObjectSpec("dog", "orange"), "cat, kitten, ball, fish, palm tree"),
+        (lambda: ObjectSpec("cat", "pink", "plain", "green"), "orange, black, white, grey, brown"),
+        (lambda: ObjectSpec("cat", "orange", "spotted", "green"), "plain, tabby, bicolor"),
+        (lambda: ObjectSpec("cat", "orange", "plain", "red"), "green, yellow, blue"),
+        (lambda: cat(position="upper left"), "left, right, top, bottom, center"),
+        (lambda: cat(size="huge"), "small, large"),
+        (lambda: SceneSpec([cat()], "moon"), "sea, sand, grass, plain white, plain pink"),
+    ],
+)
+def test_bad_input_names_the_allowed_values(make, allowed):
+    with pytest.raises(ValueError, match=allowed):
+        make()
+
+
+def test_judge_reads_blurred_noisy_held_out_renders():
+    judge = get_judge()
+    rng = np.random.default_rng(11)
+    scenes = world.held_out_prompts(300, seed=11)
+    images = []
+    for scene in scenes:
+        blurred = Image.fromarray(world.render(scene, rng=rng).image).filter(ImageFilter.GaussianBlur(1.0))
+        noisy = np.asarray(blurred, np.float32) + rng.normal(0, 5, (64, 64, 3))
+        images.append(np.clip(noisy, 0, 255).astype(np.uint8))
+    scores = judge.score(np.stack(images), scenes)
+    for field in ("kind", "color", "position", "all", "cat_vs_kitten"):
+        assert scores[field] >= 0.97, scores
+    predicted = judge.predict(np.stack(images[:3]))
+    assert set(predicted[0]) == {"kind", "color", "position"}
+
+
+def test_judge_reads_large_renders_and_refuses_pair_scenes():
+    judge = get_judge()
+    scenes = world.held_out_prompts(30, seed=12)
+    images = np.stack([world.render(s, size=128).image for s in scenes])
+    assert judge.score(images, scenes)["all"] >= 0.95
+    with pytest.raises(ValueError, match="single-object"):
+        judge.score(images[:1], random_scenes(1, n_objects=2))
