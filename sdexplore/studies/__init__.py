@@ -1,0 +1,1 @@
+"""Experiments from the study notes, one module per family: each computes data a plot function can draw."""

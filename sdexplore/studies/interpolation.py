@@ -1,0 +1,71 @@
+"""Slide one word's token embedding toward another (cat -> kitten) and see what the picture does.
+
+The study notes interpolated "only the vector of one word": here the word's *input* token
+embedding (a row of the text encoder's embedding table) is mixed with the target word's,
+``(1 - alpha) * e_cat + alpha * e_kitten``, and the text encoder then runs as usual, so every
+later position sees the mixed word too. A forward hook on the embedding table does the mixing
+and is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def single_token_id(tokenizer, word: str) -> int:
+    """The id of a word that is one token; ValueError if the tokenizer splits it."""
+    ids = tokenizer(word, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        raise ValueError(f"{word!r} is {len(ids)} tokens {pieces}; interpolation needs single-token words")
+    return ids[0]
+
+
+@contextlib.contextmanager
+def mixed_token_embedding(text_encoder, token_id: int, target_id: int, alpha: float):
+    """While active, every occurrence of ``token_id`` is embedded as lerp(e_token, e_target, alpha)."""
+    table = text_encoder.get_input_embeddings()
+
+    def mix(module, args, output):
+        ids = args[0] if args else None
+        if ids is None:
+            return output
+        mixed = torch.lerp(table.weight[token_id], table.weight[target_id], float(alpha)).to(output.dtype)
+        return torch.where((ids == token_id)[..., None], mixed, output)
+
+    handle = table.register_forward_hook(mix)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def interpolated_prompt_embeds(pipe, prompt: str, word: str, target: str, alphas) -> torch.Tensor:
+    """[A, 77, D] prompt embeddings of ``prompt`` with ``word`` slid toward ``target`` by each alpha."""
+    if word not in prompt.split() and word not in prompt.replace(",", " ").split():
+        raise ValueError(f"word {word!r} is not in the prompt {prompt!r}")
+    token_id = single_token_id(pipe.tokenizer, word)
+    target_id = single_token_id(pipe.tokenizer, target)
+    rows = []
+    for alpha in alphas:
+        with mixed_token_embedding(pipe.text_encoder, token_id, target_id, alpha):
+            embeds, _ = pipe.encode_prompt(prompt, pipe.device, 1, False)
+        rows.append(embeds)
+    return torch.cat(rows)
+
+
+def trace_interpolation(pipe, prompt: str, word: str, target: str, alphas, *, seed: int, **pipeline_kwargs) -> list:
+    """One Trace per alpha, same seed, so only the mixed word differs between them."""
+    from ..capture.run import trace
+
+    embeds = interpolated_prompt_embeds(pipe, prompt, word, target, alphas)
+    negative = pipe.encode_prompt("", pipe.device, 1, False)[0]
+    runs = []
+    for alpha, row in zip(alphas, embeds):
+        run = trace(pipe, None, seed=seed, prompt_embeds=row[None], negative_prompt_embeds=negative, **pipeline_kwargs)
+        run.params.update({"prompt": prompt, "interpolation": {"word": word, "target": target, "alpha": float(alpha)}})
+        runs.append(run)
+    return runs

@@ -1,0 +1,283 @@
+"""Train the toy model from a fixed seed and write it as a diffusers folder.
+
+    python -m sdexplore.toy.train                      # full model -> sdexplore/toy/weights (resumable)
+    python -m sdexplore.toy.train --minutes 60         # fit the denoiser stage into a time budget
+
+Two stages, each checkpointed to ``--workdir`` (safetensors + JSON, resumed automatically):
+1. the VAE learns to compress 64x64 world renders to 4x16x16 latents (L1 + MSE + tiny KL);
+2. the text encoder and the UNet learn together to denoise those latents, SD-style: DDPM with
+   scaled-linear betas, epsilon prediction, 10% empty captions (for classifier-free guidance),
+   min-SNR loss weighting (gamma 5).
+Losses are printed as it goes and appended to ``<workdir>/log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from . import world
+from .model import FULL, SMALL, ToySize, assemble_pipeline, build_text_encoder, build_tokenizer, build_unet, \
+    build_vae, training_scheduler
+
+DEFAULT_OUT = Path(__file__).parent / "weights"
+
+
+@dataclass
+class TrainConfig:
+    size: ToySize = field(default_factory=lambda: FULL)
+    seed: int = 0
+    images: int = 24_000
+    vae_steps: int = 1_500
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    unet_steps: int = 6_000
+    unet_batch: int = 48
+    unet_lr: float = 5e-4
+    warmup: int = 100
+    caption_dropout: float = 0.1
+    min_snr_gamma: float = 5.0
+    minutes: float | None = None  # time budget for stage 2: the step count is fitted to it after a warm-up
+    checkpoint_every: int = 200
+    log_every: int = 25
+
+
+TEST_CONFIG = TrainConfig(size=SMALL, images=64, vae_steps=3, vae_batch=4, unet_steps=3, unet_batch=4,
+                          warmup=1, checkpoint_every=2, log_every=1)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def render_dataset(config: TrainConfig) -> tuple[torch.Tensor, list]:
+    """The training scenes: images [N, 3, H, W] in [-1, 1] and their SceneSpecs."""
+    images, _, scenes = world.make_dataset(config.images, seed=config.seed, size=config.size.image)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return pixels, scenes
+
+
+def batch_captions(scenes: list, indices: np.ndarray, rng: np.random.Generator, dropout: float) -> list[str]:
+    """A fresh caption (template, synonyms, word order) per scene; '' with probability ``dropout``."""
+    return ["" if rng.random() < dropout else world.caption(scenes[i], rng) for i in indices]
+
+
+# --- small training utilities -----------------------------------------------------------------
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, state: dict):
+    """Weights and Adam moments as safetensors, the rest as JSON; both written atomically."""
+    tensors = {f"{name}.{key}": value.detach().contiguous() for name, module in modules.items()
+               for key, value in module.state_dict().items()}
+    names = {id(p): f"{name}.{key}" for name, module in modules.items() for key, p in module.named_parameters()}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value):
+                    tensors[f"adam.{key}.{names[id(param)]}"] = value.detach().reshape(value.shape).contiguous()
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path.with_suffix(".safetensors"))
+    json_tmp = path.with_suffix(".json.tmp")
+    json_tmp.write_text(json.dumps(state))
+    os.replace(json_tmp, path.with_suffix(".json"))
+
+
+def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None) -> dict | None:
+    """Restore what ``save_checkpoint`` wrote; None when there is no checkpoint yet."""
+    if not path.with_suffix(".json").exists():
+        return None
+    tensors = load_file(str(path.with_suffix(".safetensors")))
+    for name, module in modules.items():
+        module.load_state_dict({k.removeprefix(f"{name}."): v for k, v in tensors.items() if k.startswith(f"{name}.")})
+    if optimizer is not None:
+        params = {f"{name}.{key}": p for name, module in modules.items() for key, p in module.named_parameters()}
+        for key, value in tensors.items():
+            if key.startswith("adam."):
+                _, slot, param_name = key.split(".", 2)
+                optimizer.state[params[param_name]][slot] = value
+    return json.loads(path.with_suffix(".json").read_text())
+
+
+class Progress:
+    """Prints a line every ``every`` steps and appends every logged step to a JSONL file."""
+
+    def __init__(self, stage: str, total: int, every: int, log_path: Path):
+        self.stage, self.total, self.every, self.log_path = stage, total, every, log_path
+        self.start, self.smoothed = time.time(), None
+
+    def update(self, step: int, loss: float, **extra) -> None:
+        self.smoothed = loss if self.smoothed is None else 0.95 * self.smoothed + 0.05 * loss
+        if step % self.every and step != self.total - 1:
+            return
+        elapsed = time.time() - self.start
+        record = {"stage": self.stage, "step": step, "loss": loss, "smoothed": self.smoothed, "elapsed_s": elapsed,
+                  **extra}
+        with self.log_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        print(f"[{self.stage}] step {step + 1}/{self.total} loss {self.smoothed:.4f} "
+              f"({elapsed / 60:.1f} min)", flush=True)
+
+
+# --- stage 1: the VAE ---------------------------------------------------------------------------
+
+
+def train_vae(config: TrainConfig, pixels: torch.Tensor, workdir: Path):
+    torch.manual_seed(config.seed)
+    vae = build_vae(config.size)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    checkpoint = workdir / "vae"
+    state = load_checkpoint(checkpoint, {"vae": vae}, optimizer) or {"step": 0}
+    progress = Progress("vae", config.vae_steps, config.log_every, workdir / "log.jsonl")
+    for step in range(state["step"], config.vae_steps):
+        rng = np.random.default_rng([config.seed, 1, step])
+        batch = pixels[rng.integers(0, len(pixels), config.vae_batch)]
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config.vae_steps, config.vae_lr, config.warmup)
+        posterior = vae.encode(batch).latent_dist
+        torch.manual_seed(config.seed * 7919 + step)
+        recon = vae.decode(posterior.sample()).sample
+        loss = F.l1_loss(recon, batch) + F.mse_loss(recon, batch) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        progress.update(step, loss.item())
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.vae_steps:
+            save_checkpoint(checkpoint, {"vae": vae}, optimizer, {"step": step + 1})
+    vae.eval().requires_grad_(False)
+    return vae
+
+
+@torch.no_grad()
+def encode_dataset(vae, pixels: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Posterior means and stds [N, 4, h, w] of every image, and SD's scaling factor 1 / std(latents)."""
+    means, stds = [], []
+    for start in range(0, len(pixels), batch):
+        posterior = vae.encode(pixels[start:start + batch]).latent_dist
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+    mean, std = torch.cat(means), torch.cat(stds)
+    scaling = 1.0 / float((mean + std * torch.randn_like(std)).std())
+    return mean, std, scaling
+
+
+# --- stage 2: text encoder + UNet --------------------------------------------------------------
+
+
+def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for epsilon prediction: min(SNR, gamma) / SNR."""
+    alpha_bar = scheduler.alphas_cumprod[timesteps]
+    snr = alpha_bar / (1 - alpha_bar)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def train_denoiser(config: TrainConfig, latents: tuple[torch.Tensor, torch.Tensor, float], scenes: list,
+                   tokenizer, workdir: Path):
+    mean, std, scaling = latents
+    torch.manual_seed(config.seed + 1)
+    text_encoder = build_text_encoder(tokenizer, config.size)
+    unet = build_unet(config.size, latent_size=mean.shape[-1])
+    modules = {"text_encoder": text_encoder, "unet": unet}
+    parameters = list(text_encoder.parameters()) + list(unet.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=config.unet_lr, weight_decay=0.01)
+    scheduler = training_scheduler()
+    checkpoint = workdir / "denoiser"
+    state = load_checkpoint(checkpoint, modules, optimizer) or {"step": 0, "total": config.unet_steps}
+    progress = Progress("denoiser", state["total"], config.log_every, workdir / "log.jsonl")
+    step, started = state["step"], time.time()
+    while step < state["total"]:
+        rng = np.random.default_rng([config.seed, 2, step])
+        indices = rng.integers(0, len(mean), config.unet_batch)
+        captions = batch_captions(scenes, indices, rng, config.caption_dropout)
+        ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        generator = torch.Generator().manual_seed(config.seed * 104729 + step)
+        x0 = (mean[indices] + std[indices] * torch.randn(mean[indices].shape, generator=generator)) * scaling
+        noise = torch.randn(x0.shape, generator=generator)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(indices),), generator=generator)
+        noisy = scheduler.add_noise(x0, noise, timesteps)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, state["total"], config.unet_lr, config.warmup)
+        prediction = unet(noisy, timesteps, text_encoder(ids)[0]).sample
+        per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * min_snr_weights(scheduler, timesteps, config.min_snr_gamma)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        progress.update(step, loss.item(), lr=optimizer.param_groups[0]["lr"])
+        step += 1
+        if config.minutes and step == state["step"] + 30 and state["step"] == 0:
+            per_step = (time.time() - started) / 30
+            state["total"] = progress.total = max(step + 1, min(config.unet_steps, int(config.minutes * 60 / per_step)))
+            print(f"[denoiser] {per_step:.2f} s/step: {state['total']} steps fit in {config.minutes} min", flush=True)
+        if step % config.checkpoint_every == 0 or step == state["total"]:
+            save_checkpoint(checkpoint, modules, optimizer, {"step": step, "total": state["total"]})
+    text_encoder.eval().requires_grad_(False)
+    unet.eval().requires_grad_(False)
+    return text_encoder, unet, state["total"]
+
+
+# --- the whole run -----------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, out: Path = DEFAULT_OUT, workdir: Path = Path("runs/toy")) -> Path:
+    """Train every part, then write a diffusers folder to ``out`` (loadable with from_pretrained)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(os.cpu_count() or 1)
+    started = time.time()
+    tokenizer = build_tokenizer()
+    print(f"rendering {config.images} scenes ...", flush=True)
+    pixels, scenes = render_dataset(config)
+    vae = train_vae(config, pixels, workdir)
+    encoded = encode_dataset(vae, pixels)
+    vae.register_to_config(scaling_factor=encoded[2])
+    print(f"latents {tuple(encoded[0].shape[1:])}, scaling factor {encoded[2]:.4f}", flush=True)
+    del pixels
+    text_encoder, unet, steps = train_denoiser(config, encoded, scenes, tokenizer, workdir)
+    pipe = assemble_pipeline(vae, text_encoder, tokenizer, unet)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(out, safe_serialization=True)
+    summary = {"config": {**asdict(config), "unet_steps_run": steps}, "minutes": (time.time() - started) / 60,
+               "torch": torch.__version__}
+    (out / "training.json").write_text(json.dumps(summary, indent=2))
+    print(f"wrote {out} in {summary['minutes']:.1f} min", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--workdir", type=Path, default=Path("runs/toy"), help="checkpoints and log.jsonl")
+    parser.add_argument("--minutes", type=float, default=None, help="time budget for the denoiser stage")
+    parser.add_argument("--unet-steps", type=int, default=None)
+    parser.add_argument("--vae-steps", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--test", action="store_true", help="a tiny config that runs in seconds (for tests)")
+    args = parser.parse_args(argv)
+    config = TEST_CONFIG if args.test else TrainConfig()
+    overrides = {"seed": args.seed, "minutes": args.minutes}
+    overrides.update({k: v for k, v in (("unet_steps", args.unet_steps), ("vae_steps", args.vae_steps)) if v})
+    train(replace(config, **overrides), out=args.out, workdir=args.workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

