@@ -1,5 +1,6 @@
 """sdexplore: see inside Stable Diffusion. Trace a run, look at every step, its attention and its prompt."""
 
+from .capture.attention import AttentionMaps
 from .capture.run import trace, tracing
 from .capture.storage import TraceFileError
 from .capture.trace import Trace
@@ -7,6 +8,7 @@ from .models import SCHEDULERS, ModelNotAvailableError, as_img2img, as_inpaint, 
 from .prompts import PromptTruncatedWarning, Token, token_table
 
 __all__ = [
+    "AttentionMaps",
     "SCHEDULERS",
     "ModelNotAvailableError",
     "PromptTruncatedWarning",

@@ -1,0 +1,353 @@
+"""Cross-attention maps (issue 3): capture, correctness, access, saving, pictures, bad input."""
+
+import io
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
+from PIL import Image
+
+import sdexplore
+from sdexplore.capture.attention import AttentionProcessorsReplacedWarning, AttentionRecorder
+from sdexplore.capture.attention_processor import RecordingAttnProcessor, cross_attention_layers
+
+matplotlib.use("Agg")
+
+FAST = dict(num_inference_steps=3, height=64, width=64)
+PROMPT = "a tabby cat on the beach"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny models are far faster on one thread than on two contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    return {kind: sdexplore.tiny_pipeline(kind) for kind in ("tiny", "tiny-sd2", "tiny-inpaint")}
+
+
+@pytest.fixture(scope="module")
+def run(pipes):
+    return sdexplore.trace(pipes["tiny"], PROMPT, seed=0, attention=True, **FAST)
+
+
+@pytest.fixture(scope="module")
+def layered(pipes):
+    return sdexplore.trace(pipes["tiny"], PROMPT, seed=0, attention="per_layer", **FAST)
+
+
+def _inputs(kind):
+    if kind != "tiny-inpaint":
+        return {}
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    mask = Image.fromarray(np.pad(np.full((32, 32), 255, np.uint8), 16))
+    return {"image": image, "mask_image": mask}
+
+
+def _all_processors(pipe):
+    return dict(pipe.unet.attn_processors)
+
+
+# --- capture --------------------------------------------------------------------------------
+
+
+def test_default_maps_are_distributions_over_77_tokens(run):
+    maps = run.attention.token_maps()
+    assert maps.shape == (1, 77, 8, 8)
+    torch.testing.assert_close(maps.sum(1), torch.ones(1, 8, 8))
+    assert run.attention.word_map("cat").shape == (1, 8, 8)
+    assert run.attention.num_steps == run.num_steps == 3
+
+
+def test_layer_names_are_diffusers_names(pipes, run):
+    names = run.attention.layer_names
+    assert names[0] == "down_blocks.0.attentions.0.transformer_blocks.0.attn2"
+    assert sorted(names) == sorted(n.removesuffix(".processor") for n in pipes["tiny"].unet.attn_processors
+                                   if n.endswith("attn2.processor"))
+
+
+def test_tracing_attention_does_not_change_the_run(pipes, run):
+    plain = sdexplore.trace(pipes["tiny"], PROMPT, seed=0, **FAST)
+    assert torch.equal(plain.latents, run.latents)
+    assert np.array_equal(np.asarray(plain.images[0]), np.asarray(run.images[0]))
+
+
+def test_default_memory_does_not_grow_with_layers(run, layered):
+    steps, (h, w) = run.attention.num_steps, run.attention.latent_size
+    assert run.attention.nbytes == steps * 1 * 77 * h * w * 2  # float16, one map per step
+    per_layer = sum(steps * 77 * hl * wl * 2 for hl, wl in layered.attention.layer_sizes.values())
+    assert layered.attention.nbytes == per_layer
+
+
+@pytest.mark.parametrize("kind", ["tiny", "tiny-sd2", "tiny-inpaint"])
+def test_maps_equal_independent_recomputation(pipes, kind):
+    """Every layer and step: sums to 1 over 77 tokens and equals softmax(q·kᵀ/√d) from to_q/to_k."""
+    pipe = pipes[kind]
+    layers = {name: module for name, module in pipe.unet.named_modules() if name.endswith("attn2")}
+    seen = {name: [] for name in layers}
+    handles = [module.register_forward_pre_hook(
+        lambda m, args, kwargs, name=name: seen[name].append((args[0].clone(), kwargs["encoder_hidden_states"].clone())),
+        with_kwargs=True) for name, module in layers.items()]
+    try:
+        run = sdexplore.trace(pipe, PROMPT, seed=1, attention="per_layer", **FAST, **_inputs(kind))
+    finally:
+        for handle in handles:
+            handle.remove()
+    maps = run.attention
+    assert set(maps.layer_names) == set(layers)
+    for name, module in layers.items():
+        assert len(seen[name]) == maps.num_steps
+        for step, (hidden, text) in enumerate(seen[name]):
+            expected = _recompute(module, hidden, text)[hidden.shape[0] // 2:]  # text half of the CFG batch
+            got = maps.layer_map(name, step)
+            torch.testing.assert_close(got.sum(-1), torch.ones(got.shape[:-1]), atol=2e-3, rtol=0)
+            torch.testing.assert_close(got.flatten(1, 2), expected, atol=1e-3, rtol=0)
+
+
+def _recompute(module, hidden, text):
+    """[b, n, T] head-averaged probabilities, written out from the weights (float32 throughout)."""
+    heads = module.heads
+    q = torch.nn.functional.linear(hidden.float(), module.to_q.weight.float(), module.to_q.bias)
+    k = torch.nn.functional.linear(text.float(), module.to_k.weight.float(), module.to_k.bias)
+    b, n, inner = q.shape
+    d = inner // heads
+    q = q.view(b, n, heads, d).transpose(1, 2)
+    k = k.view(b, -1, heads, d).transpose(1, 2)
+    return torch.softmax(q @ k.transpose(-1, -2) / d**0.5, dim=-1).mean(1)
+
+
+def test_sd2_shape_is_recorded(pipes):
+    maps = sdexplore.trace(pipes["tiny-sd2"], PROMPT, seed=0, attention="per_layer", **FAST).attention
+    assert set(maps.layer_heads.values()) == {2, 4}  # per-block head counts
+    assert maps.layer_sizes["down_blocks.1.attentions.0.transformer_blocks.0.attn2"] == (4, 4)
+
+
+def test_mask_and_upcast_are_respected():
+    torch.manual_seed(0)
+    layer = Attention(16, cross_attention_dim=8, heads=2, dim_head=8, upcast_attention=True, upcast_softmax=True)
+
+    class Sink:
+        def rows(self, batch):
+            return slice(None)
+
+        def add(self, name, probs):
+            self.probs = probs
+
+    sink, original = Sink(), AttnProcessor2_0()
+    hidden, text = torch.randn(2, 5, 16), torch.randn(2, 6, 8)
+    keep = torch.tensor([[1, 1, 1, 0, 0, 1], [1, 1, 1, 1, 1, 1]])
+    mask = ((1 - keep) * -10000.0).unsqueeze(1)  # what the UNet makes of encoder_attention_mask
+    expected = original(layer, hidden, text, mask)
+    layer.set_processor(RecordingAttnProcessor(original, "x", sink))
+    torch.testing.assert_close(layer(hidden, text, attention_mask=mask), expected)
+    assert sink.probs.shape == (2, 2, 5, 6)
+    assert sink.probs[0, :, :, 3:5].max() < 1e-6
+    torch.testing.assert_close(sink.probs.sum(-1), torch.ones(2, 2, 5))
+
+
+# --- processors in place and put back ---------------------------------------------------------
+
+
+def test_processors_are_the_originals_after_the_run(pipes, run):
+    before = _all_processors(pipes["tiny"])
+    sdexplore.trace(pipes["tiny"], "a dog", seed=0, attention=True, **FAST)
+    after = _all_processors(pipes["tiny"])
+    assert all(after[name] is before[name] for name in before)
+
+
+def test_processors_are_put_back_after_an_error(pipes):
+    pipe = pipes["tiny"]
+    before = _all_processors(pipe)
+
+    def fail(pipe, step, timestep, kwargs):
+        assert isinstance(pipe.unet.attn_processors[
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor"], RecordingAttnProcessor)
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        sdexplore.trace(pipe, "a dog", seed=0, attention=True, callback_on_step_end=fail, **FAST)
+    after = _all_processors(pipe)
+    assert all(after[name] is before[name] for name in before)
+
+
+def test_other_processors_are_wrapped_and_kept():
+    pipe = sdexplore.tiny_pipeline("tiny")
+    pipe.enable_attention_slicing(1)
+    plain = sdexplore.trace(pipe, PROMPT, seed=0, **FAST)
+    before = _all_processors(pipe)
+    sliced = sdexplore.trace(pipe, PROMPT, seed=0, attention=True, **FAST)
+    assert all(_all_processors(pipe)[name] is before[name] for name in before)
+    assert torch.equal(sliced.latents, plain.latents)  # the sliced processor still computed the output
+    self_attention = [p for n, p in _all_processors(pipe).items() if "attn1" in n]
+    assert all(type(p).__name__ == "SlicedAttnProcessor" for p in self_attention)
+
+
+def test_self_attention_keeps_its_processor_during_the_run(pipes):
+    pipe = pipes["tiny"]
+    with AttentionRecorder(pipe) as recorder:
+        processors = _all_processors(pipe)
+    assert all(isinstance(p, RecordingAttnProcessor) == n.endswith("attn2.processor") for n, p in processors.items())
+    assert len(recorder.layers) == 7
+
+
+def test_replacing_processors_during_the_run_is_reported():
+    pipe = sdexplore.tiny_pipeline("tiny")
+
+    def replace(pipe, step, timestep, kwargs):
+        if step == 0:
+            pipe.unet.set_attn_processor(AttnProcessor())
+        return {}
+
+    with pytest.warns(AttentionProcessorsReplacedWarning, match="7 of 7 cross-attention layers"):
+        run = sdexplore.trace(pipe, PROMPT, seed=0, attention=True, callback_on_step_end=replace, **FAST)
+    assert run.attention.token_maps(steps=0).shape == (1, 77, 8, 8)
+    with pytest.raises(ValueError, match="nothing was recorded"):
+        run.attention.token_maps(steps=2)
+    assert all(type(p) is AttnProcessor for p in _all_processors(pipe).values())
+
+
+# --- batches, CFG halves, img2img -----------------------------------------------------------
+
+
+def test_batched_prompts_and_images_per_prompt(pipes):
+    run = sdexplore.trace(pipes["tiny"], ["a cat", "a dog on grass"], seed=0, attention=True,
+                          num_images_per_prompt=2, **FAST)
+    maps = run.attention
+    assert maps.token_maps().shape == (4, 77, 8, 8)
+    assert maps.token_table(2)[2].word == "dog"
+    with pytest.raises(ValueError, match="image 0: word 'dog' is not in the prompt; its words are: a, cat"):
+        maps.word_map("dog")
+
+
+def test_negative_prompt_half_on_request(pipes):
+    run = sdexplore.trace(pipes["tiny"], PROMPT, seed=0, attention=True, negative_prompt="blue sky",
+                          attention_options={"keep_negative": True}, **FAST)
+    maps = run.attention
+    negative = maps.token_maps(negative=True)
+    torch.testing.assert_close(negative.sum(1), torch.ones(1, 8, 8))
+    assert not torch.allclose(negative, maps.token_maps())
+    assert maps.word_map("sky", negative=True).shape == (1, 8, 8)
+    assert maps.token_labels(0, negative=True)[:4] == ["0 <start>", "1 blue", "2 sky", "3 <end>"]
+    default = sdexplore.trace(pipes["tiny"], PROMPT, seed=0, attention=True, negative_prompt="blue sky", **FAST)
+    torch.testing.assert_close(default.attention.token_maps(), maps.token_maps())
+    with pytest.raises(ValueError, match="keep_negative"):
+        default.attention.token_maps(negative=True)
+
+
+def test_img2img_records_the_steps_it_runs(pipes):
+    image = Image.fromarray(np.full((64, 64, 3), 128, np.uint8))
+    run = sdexplore.trace(pipes["tiny"], PROMPT, seed=0, attention=True, image=image, strength=0.5,
+                          num_inference_steps=4)
+    assert run.attention.num_steps == run.num_steps == 2
+
+
+# --- access ---------------------------------------------------------------------------------
+
+
+def test_aggregate_equals_the_average_of_layers(run, layered):
+    torch.testing.assert_close(run.attention.token_maps(), layered.attention.token_maps(), atol=2e-3, rtol=0)
+    torch.testing.assert_close(run.attention.step_maps([0, -1]), layered.attention.step_maps([0, 2]),
+                               atol=2e-3, rtol=0)
+
+
+def test_steps_layers_heads_and_words(pipes, layered):
+    maps = layered.attention
+    assert maps.layer_map(maps.layer_names[0], 0).shape == (1, 8, 8, 77)
+    assert maps.layer_maps().shape == (7, 1, 77, 8, 8)
+    coarse = maps.token_maps(steps=range(1, 3), layers=maps.layers_at(4))
+    torch.testing.assert_close(coarse.sum(1), torch.ones(1, 8, 8))
+    bozu = sdexplore.trace(pipes["tiny"], "a bozuman cat", seed=0, attention="per_layer",
+                           attention_options={"per_head": True}, **FAST).attention
+    positions = bozu.word_positions("bozuman")
+    assert len(positions) > 1
+    torch.testing.assert_close(bozu.word_map("bozuman"), bozu.token_maps()[:, positions].sum(1))
+    name = bozu.layer_names[1]
+    assert bozu.head_maps(name, 0).shape == (1, 8, 4, 4, 77)
+    torch.testing.assert_close(bozu.head_maps(name, 0).mean(1), bozu.layer_map(name, 0))
+    share = bozu.token_share()
+    torch.testing.assert_close(share.sum(1), torch.ones(1))
+
+
+def test_summed_keeps_the_mean_over_steps(pipes, run):
+    summed = sdexplore.trace(pipes["tiny"], PROMPT, seed=0, attention=True, attention_options={"keep": "summed"},
+                             **FAST).attention
+    torch.testing.assert_close(summed.token_maps(), run.attention.token_maps(), atol=2e-3, rtol=0)
+    assert summed.nbytes == 77 * 8 * 8 * 4
+    with pytest.raises(ValueError, match="keep='summed'"):
+        summed.token_maps(steps=0)
+
+
+def test_normalised_and_upsampled(run):
+    word = run.attention.word_map("cat", normalize=True)
+    assert float(word.min()) == 0.0 and float(word.max()) == pytest.approx(1.0)
+    assert run.attention.upsample(word).shape == (1, 64, 64)
+
+
+def test_saved_and_loaded_with_the_trace(pipes, layered, tmp_path):
+    run = sdexplore.trace(pipes["tiny"], PROMPT, seed=0, attention=True, attention_options={"keep_negative": True},
+                          **FAST)
+    for original in (run, layered):
+        original.save(tmp_path / "run.safetensors")
+        loaded = sdexplore.Trace.load(tmp_path / "run.safetensors").attention
+        assert loaded.layer_names == original.attention.layer_names
+        assert torch.equal(loaded.token_maps(), original.attention.token_maps())
+        assert loaded.has_negative == original.attention.has_negative
+    assert loaded.layer_map(loaded.layer_names[2], 1).shape == (1, 4, 4, 77)
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+def test_clear_errors_name_what_exists(pipes, run, layered):
+    maps = run.attention
+    with pytest.raises(ValueError, match="'dog' is not in the prompt; its words are: a, beach, cat, on, tabby, the"):
+        maps.word_map("dog")
+    with pytest.raises(IndexError, match=r"step 7 does not exist: this trace has 3 steps \(0..2"):
+        maps.token_maps(steps=7)
+    with pytest.raises(IndexError, match=r"token position 77 does not exist.*0..76"):
+        maps.token_map(77)
+    with pytest.raises(ValueError, match="unknown cross-attention layer.*down_blocks.0.attentions.0"):
+        layered.attention.layer_map("down_blocks.9.attn2", 0)
+    with pytest.raises(ValueError, match="attention='per_layer'"):
+        maps.layer_map(maps.layer_names[0], 0)
+    with pytest.raises(ValueError, match="attention='per_layer'"):
+        maps.token_maps(layers=maps.layer_names[:1])
+    with pytest.raises(ValueError, match="no cross-attention layer works at 2x2; the layers' sizes are: 8x8, 4x4"):
+        maps.layers_at(2)
+    with pytest.raises(ValueError, match="per_head"):
+        AttentionRecorder(pipes["tiny"], per_head=True)
+    with pytest.raises(ValueError, match="keep must be one of 'per_step', 'summed'"):
+        AttentionRecorder(pipes["tiny"], keep="all")
+    with pytest.raises(ValueError, match="this UNet has: down_blocks.0"):
+        AttentionRecorder(pipes["tiny"], layers=["nope"])
+
+
+def test_recording_a_chosen_layer_only(pipes):
+    name = "mid_block.attentions.0.transformer_blocks.0.attn2"
+    maps = sdexplore.trace(pipes["tiny"], PROMPT, seed=0, attention=True, attention_options={"layers": [name]},
+                           **FAST).attention
+    assert maps.layer_names == [name]
+    assert list(cross_attention_layers(pipes["tiny"].unet))[3] == "up_blocks.0.attentions.0.transformer_blocks.0.attn2"
+
+
+# --- pictures -------------------------------------------------------------------------------
+
+
+def test_figures_are_returned(run, layered):
+    from matplotlib.figure import Figure
+
+    from sdexplore.plot.attention import layer_token_grid, step_token_grid, token_grid, word_overlay
+
+    figures = [word_overlay(run, "cat"), token_grid(run), step_token_grid(run), layer_token_grid(layered)]
+    assert all(isinstance(f, Figure) for f in figures)
+    maps = [[ax for ax in f.axes if ax.get_visible() and ax.get_label() != "<colorbar>"] for f in figures]
+    assert len(maps[1]) == 77
+    assert len(maps[3]) == 7 * 9  # 7 layers x (start, 6 words, end, first padding)
+    figures[2].savefig(io.BytesIO(), format="png")
