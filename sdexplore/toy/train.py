@@ -4,7 +4,8 @@
     python -m sdexplore.toy.train --minutes 60         # fit the denoiser stage into a time budget
 
 Two stages, each checkpointed to ``--workdir`` (safetensors + JSON, resumed automatically):
-1. the VAE learns to compress 64x64 world renders to 4x16x16 latents (L1 + MSE + tiny KL);
+1. the VAE learns to compress 64x64 world renders to 4x16x16 latents (L1 + MSE with object pixels
+   weighted up, + a tiny KL);
 2. the text encoder and the UNet learn together to denoise those latents, SD-style: DDPM with
    scaled-linear betas, epsilon prediction, 10% empty captions (for classifier-free guidance),
    min-SNR loss weighting (gamma 5).
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from . import world
+from .judge import foreground_mask
 from .model import FULL, SMALL, ToySize, assemble_pipeline, build_text_encoder, build_tokenizer, build_unet, \
     build_vae, training_scheduler
 
@@ -41,6 +43,7 @@ class TrainConfig:
     vae_steps: int = 1_500
     vae_batch: int = 32
     vae_lr: float = 1e-3
+    vae_object_weight: float = 10.0  # objects are ~8% of the pixels: weigh them up so the VAE keeps them
     unet_steps: int = 6_000
     unet_batch: int = 48
     unet_lr: float = 5e-4
@@ -59,11 +62,12 @@ TEST_CONFIG = TrainConfig(size=SMALL, images=64, vae_steps=3, vae_batch=4, unet_
 # --- data -------------------------------------------------------------------------------------
 
 
-def render_dataset(config: TrainConfig) -> tuple[torch.Tensor, list]:
-    """The training scenes: images [N, 3, H, W] in [-1, 1] and their SceneSpecs."""
+def render_dataset(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """The training scenes: images [N, 3, H, W] in [-1, 1], object masks [N, 1, H, W] (bool), SceneSpecs."""
     images, _, scenes = world.make_dataset(config.images, seed=config.seed, size=config.size.image)
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return pixels, scenes
+    masks = torch.from_numpy(np.stack([foreground_mask(image) for image in images]))[:, None]
+    return pixels, masks, scenes
 
 
 def batch_captions(scenes: list, indices: np.ndarray, rng: np.random.Generator, dropout: float) -> list[str]:
@@ -139,7 +143,14 @@ class Progress:
 # --- stage 1: the VAE ---------------------------------------------------------------------------
 
 
-def train_vae(config: TrainConfig, pixels: torch.Tensor, workdir: Path):
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, masks: torch.Tensor, object_weight: float):
+    """L1 + MSE per pixel, object pixels weighted ``1 + object_weight`` (masks [B, 1, H, W] bool)."""
+    weights = 1.0 + object_weight * masks.float()
+    per_pixel = (recon - target).abs() + (recon - target).pow(2)
+    return (per_pixel * weights).sum() / (weights.sum() * target.shape[1])
+
+
+def train_vae(config: TrainConfig, pixels: torch.Tensor, masks: torch.Tensor, workdir: Path):
     torch.manual_seed(config.seed)
     vae = build_vae(config.size)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
@@ -148,13 +159,14 @@ def train_vae(config: TrainConfig, pixels: torch.Tensor, workdir: Path):
     progress = Progress("vae", config.vae_steps, config.log_every, workdir / "log.jsonl")
     for step in range(state["step"], config.vae_steps):
         rng = np.random.default_rng([config.seed, 1, step])
-        batch = pixels[rng.integers(0, len(pixels), config.vae_batch)]
+        indices = rng.integers(0, len(pixels), config.vae_batch)
+        batch = pixels[indices]
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.vae_steps, config.vae_lr, config.warmup)
         posterior = vae.encode(batch).latent_dist
         torch.manual_seed(config.seed * 7919 + step)
         recon = vae.decode(posterior.sample()).sample
-        loss = F.l1_loss(recon, batch) + F.mse_loss(recon, batch) + 1e-6 * posterior.kl().mean()
+        loss = reconstruction_loss(recon, batch, masks[indices], config.vae_object_weight) + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -245,12 +257,12 @@ def train(config: TrainConfig, out: Path = DEFAULT_OUT, workdir: Path = Path("ru
     started = time.time()
     tokenizer = build_tokenizer()
     print(f"rendering {config.images} scenes ...", flush=True)
-    pixels, scenes = render_dataset(config)
-    vae = train_vae(config, pixels, workdir)
+    pixels, masks, scenes = render_dataset(config)
+    vae = train_vae(config, pixels, masks, workdir)
     encoded = encode_dataset(vae, pixels)
     vae.register_to_config(scaling_factor=encoded[2])
     print(f"latents {tuple(encoded[0].shape[1:])}, scaling factor {encoded[2]:.4f}", flush=True)
-    del pixels
+    del pixels, masks
     text_encoder, unet, steps = train_denoiser(config, encoded, scenes, tokenizer, workdir)
     pipe = assemble_pipeline(vae, text_encoder, tokenizer, unet)
     out.mkdir(parents=True, exist_ok=True)
