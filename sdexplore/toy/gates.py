@@ -64,8 +64,10 @@ def attention_iou(pipe, n: int = 32, seed: int = 0, batch: int = 8) -> dict:
         prompts = [world.canonical_prompt(s) for s in chunk]
         run = trace(pipe, prompts, seed=seed + start, attention=True, num_inference_steps=STEPS,
                     guidance_scale=GUIDANCE)
+        maps = run.attention.token_maps()  # [B, 77, h, w]; each image of the batch has its own prompt
         for index, (scene, image) in enumerate(zip(chunk, run.images)):
-            heat = torch.stack([run.attention.word_map(w)[index] for w in object_words(scene.objects[0].kind)]).mean(0)
+            heat = torch.stack([maps[index, run.attention.word_positions(word, index)].sum(0)
+                                for word in object_words(scene.objects[0].kind)]).mean(0)
             ious.append(iou(attended_region(heat, image.size[::-1]), foreground_mask(np.asarray(image))))
     return {"mean_iou": float(np.mean(ious)), "ious": ious}
 
