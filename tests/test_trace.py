@@ -62,6 +62,19 @@ def test_x0_matches_the_schedulers_own_pred_original_sample(request, pipe_name, 
     torch.testing.assert_close(run.x0, run.scheduler_x0, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("scheduler", ["ddim", "euler"])
+def test_x0_with_zero_terminal_snr_matches_the_scheduler(scheduler):
+    """The toy model's schedule: betas rescaled to zero SNR, v-prediction, sampling starts at t=999."""
+    pipe = sdexplore.load_pipeline("tiny-sd2")
+    pipe.scheduler = sdexplore.SCHEDULERS[scheduler].from_config(
+        pipe.scheduler.config, rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    run = run_tiny(pipe)
+    assert run.timesteps[0] == 999 and torch.isfinite(run.x0).all()
+    torch.testing.assert_close(run.x0, run.scheduler_x0, atol=1e-4, rtol=1e-4)
+    # no signal left at t=999, so x0 = -v (Euler keeps alpha_bar = 2**-24 there, not 0)
+    torch.testing.assert_close(run.x0[0], -run.noise_pred[0], atol=2e-3, rtol=0)
+
+
 def test_x0_for_dpm_solver_matches_its_own_data_prediction():
     pipe = sdexplore.load_pipeline("tiny", scheduler="dpm++")
     run = run_tiny(pipe)

@@ -171,7 +171,8 @@ def alpha_bar_at(scheduler, timestep: float) -> float:
     schedulers do, so a = 1 / (1 + sigma^2) matches the sigma they scaled the input with.
     """
     alphas_cumprod = scheduler.alphas_cumprod.double().cpu().numpy()
-    sigmas = np.sqrt((1.0 - alphas_cumprod) / alphas_cumprod)
+    with np.errstate(divide="ignore"):  # zero terminal SNR: alpha_bar = 0, sigma = inf at the last timestep
+        sigmas = np.sqrt((1.0 - alphas_cumprod) / alphas_cumprod)
     sigma = float(np.interp(float(timestep), np.arange(len(sigmas)), sigmas))
     return 1.0 / (1.0 + sigma**2)
 

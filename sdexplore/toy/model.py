@@ -2,14 +2,15 @@
 
 64x64 RGB images <-> 4x16x16 latents (AutoencoderKL, 4x downsampling); a CLIP text encoder
 with a 77-token context and the project's own lower-case BPE tokenizer; a UNet2DConditionModel
-with cross-attention at 16x16 and 8x8; SD's scaled-linear DDPM schedule (1000 steps, epsilon).
+with cross-attention at 16x16 and 8x8; SD's scaled-linear DDPM schedule (1000 steps), rescaled to
+zero terminal SNR, with v-prediction (as SD 2.x predicts v).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ..tokenizer import build_clip_tokenizer
@@ -84,22 +85,38 @@ def build_unet(size: ToySize = FULL, latent_size: int = 16) -> UNet2DConditionMo
     )
 
 
-def training_scheduler() -> DDPMScheduler:
-    """Stable Diffusion's training schedule: 1000 steps, scaled-linear betas 0.00085..0.012, epsilon."""
+def training_scheduler(prediction_type: str = "v_prediction", zero_terminal_snr: bool = True) -> DDPMScheduler:
+    """Stable Diffusion's training schedule: 1000 steps, scaled-linear betas 0.00085..0.012.
+
+    zero_terminal_snr rescales those betas so the last timestep is pure noise (Lin et al. 2023,
+    "Common Diffusion Noise Schedules and Sample Steps are Flawed"). With SD's own betas x_999 still
+    holds 7% of the image, enough for a small model to read the layout from the noise and ignore
+    "on the left" in the prompt; with none left it must take the layout from the text. Zero SNR
+    needs v-prediction (epsilon says nothing about x0 at t=999), as SD 2.x uses.
+    """
     return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                         beta_schedule="scaled_linear", clip_sample=False, prediction_type="epsilon")
+                         beta_schedule="scaled_linear", clip_sample=False, prediction_type=prediction_type,
+                         rescale_betas_zero_snr=zero_terminal_snr)
 
 
-def sampling_scheduler() -> PNDMScheduler:
-    """The scheduler the shipped pipeline uses by default (SD 1.x's own choice)."""
-    return PNDMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
+def sampling_scheduler(prediction_type: str = "v_prediction", zero_terminal_snr: bool = True):
+    """The scheduler the shipped pipeline uses by default.
+
+    Zero terminal SNR: DDIM with "trailing" timesteps (so sampling starts at t=999, pure noise),
+    as the zero-SNR paper recommends. Otherwise PNDM, SD 1.x's own choice.
+    """
+    common = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                  prediction_type=prediction_type)
+    if zero_terminal_snr:
+        return DDIMScheduler(**common, rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=False,
+                             set_alpha_to_one=False)
+    return PNDMScheduler(**common, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
 
 
-def assemble_pipeline(vae, text_encoder, tokenizer, unet) -> StableDiffusionPipeline:
-    """A plain diffusers StableDiffusionPipeline from trained parts."""
+def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler=None) -> StableDiffusionPipeline:
+    """A plain diffusers StableDiffusionPipeline from trained parts (default scheduler: ``sampling_scheduler()``)."""
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=sampling_scheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+                                   scheduler=scheduler or sampling_scheduler(), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe

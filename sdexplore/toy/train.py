@@ -2,13 +2,15 @@
 
     python -m sdexplore.toy.train                      # full model -> sdexplore/toy/weights (resumable)
     python -m sdexplore.toy.train --minutes 60         # fit the denoiser stage into a time budget
+    python -m sdexplore.toy.train --init-from sdexplore/toy/weights --minutes 60   # go on from shipped weights
 
 Two stages, each checkpointed to ``--workdir`` (safetensors + JSON, resumed automatically):
 1. the VAE learns to compress 64x64 world renders to 4x16x16 latents (L1 + MSE with object pixels
    weighted up, + a tiny KL);
 2. the text encoder and the UNet learn together to denoise those latents, SD-style: DDPM with
-   scaled-linear betas, epsilon prediction, 10% empty captions (for classifier-free guidance),
-   min-SNR loss weighting (gamma 5).
+   scaled-linear betas rescaled to zero terminal SNR, v-prediction (see model.training_scheduler
+   for why), 10% empty captions (for classifier-free guidance), min-SNR loss weighting (gamma 5).
+``--init-from`` starts stage 2 from a trained diffusers folder (its VAE is kept, not retrained).
 Losses are printed as it goes and appended to ``<workdir>/log.jsonl``.
 """
 
@@ -29,8 +31,11 @@ from safetensors.torch import load_file, save_file
 
 from . import world
 from .judge import foreground_mask
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextModel
+
 from .model import FULL, SMALL, ToySize, assemble_pipeline, build_text_encoder, build_tokenizer, build_unet, \
-    build_vae, training_scheduler
+    build_vae, sampling_scheduler, training_scheduler
 
 DEFAULT_OUT = Path(__file__).parent / "weights"
 
@@ -50,6 +55,9 @@ class TrainConfig:
     warmup: int = 100
     caption_dropout: float = 0.1
     min_snr_gamma: float = 5.0
+    prediction_type: str = "v_prediction"
+    zero_terminal_snr: bool = True
+    init_from: str | None = None  # a trained diffusers folder: stage 2 starts from its weights, its VAE is kept
     minutes: float | None = None  # time budget for stage 2: the step count is fitted to it after a warm-up
     checkpoint_every: int = 200
     log_every: int = 25
@@ -195,10 +203,20 @@ def encode_dataset(vae, pixels: torch.Tensor, batch: int = 256) -> tuple[torch.T
 
 
 def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma loss weights for epsilon prediction: min(SNR, gamma) / SNR."""
+    """Min-SNR-gamma loss weights: min(SNR, gamma) / SNR for epsilon prediction, and for v-prediction
+    min(SNR + 1, gamma) / (SNR + 1), which stays 1 at zero SNR (the step that must read the prompt)."""
     alpha_bar = scheduler.alphas_cumprod[timesteps]
     snr = alpha_bar / (1 - alpha_bar)
+    if scheduler.config.prediction_type == "v_prediction":
+        snr = snr + 1
     return torch.clamp(snr, max=gamma) / snr
+
+
+def training_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict: the noise (epsilon) or v = sqrt(a) noise - sqrt(1 - a) x0."""
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(x0, noise, timesteps)
+    return noise
 
 
 def train_denoiser(config: TrainConfig, latents: tuple[torch.Tensor, torch.Tensor, float], scenes: list,
@@ -207,10 +225,13 @@ def train_denoiser(config: TrainConfig, latents: tuple[torch.Tensor, torch.Tenso
     torch.manual_seed(config.seed + 1)
     text_encoder = build_text_encoder(tokenizer, config.size)
     unet = build_unet(config.size, latent_size=mean.shape[-1])
+    if config.init_from:
+        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(Path(config.init_from) / "text_encoder").state_dict())
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(Path(config.init_from) / "unet").state_dict())
     modules = {"text_encoder": text_encoder, "unet": unet}
     parameters = list(text_encoder.parameters()) + list(unet.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=config.unet_lr, weight_decay=0.01)
-    scheduler = training_scheduler()
+    scheduler = training_scheduler(config.prediction_type, config.zero_terminal_snr)
     checkpoint = workdir / "denoiser"
     state = load_checkpoint(checkpoint, modules, optimizer) or {"step": 0, "total": config.unet_steps}
     progress = Progress("denoiser", state["total"], config.log_every, workdir / "log.jsonl")
@@ -228,7 +249,8 @@ def train_denoiser(config: TrainConfig, latents: tuple[torch.Tensor, torch.Tenso
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, state["total"], config.unet_lr, config.warmup)
         prediction = unet(noisy, timesteps, text_encoder(ids)[0]).sample
-        per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
+        target = training_target(scheduler, x0, noise, timesteps)
+        per_sample = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * min_snr_weights(scheduler, timesteps, config.min_snr_gamma)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -258,17 +280,25 @@ def train(config: TrainConfig, out: Path = DEFAULT_OUT, workdir: Path = Path("ru
     tokenizer = build_tokenizer()
     print(f"rendering {config.images} scenes ...", flush=True)
     pixels, masks, scenes = render_dataset(config)
-    vae = train_vae(config, pixels, masks, workdir)
-    encoded = encode_dataset(vae, pixels)
-    vae.register_to_config(scaling_factor=encoded[2])
+    if config.init_from:
+        vae = AutoencoderKL.from_pretrained(Path(config.init_from) / "vae").eval().requires_grad_(False)
+        encoded = encode_dataset(vae, pixels)[:2] + (vae.config.scaling_factor,)
+    else:
+        vae = train_vae(config, pixels, masks, workdir)
+        encoded = encode_dataset(vae, pixels)
+        vae.register_to_config(scaling_factor=encoded[2])
     print(f"latents {tuple(encoded[0].shape[1:])}, scaling factor {encoded[2]:.4f}", flush=True)
     del pixels, masks
     text_encoder, unet, steps = train_denoiser(config, encoded, scenes, tokenizer, workdir)
-    pipe = assemble_pipeline(vae, text_encoder, tokenizer, unet)
+    pipe = assemble_pipeline(vae, text_encoder, tokenizer, unet,
+                             sampling_scheduler(config.prediction_type, config.zero_terminal_snr))
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out, safe_serialization=True)
     summary = {"config": {**asdict(config), "unet_steps_run": steps}, "minutes": (time.time() - started) / 60,
                "torch": torch.__version__}
+    earlier = Path(config.init_from or "") / "training.json"
+    if config.init_from and earlier.exists():
+        summary["started_from"] = json.loads(earlier.read_text())
     (out / "training.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {out} in {summary['minutes']:.1f} min", flush=True)
     return out
@@ -282,11 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unet-steps", type=int, default=None)
     parser.add_argument("--vae-steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init-from", default=None, help="a trained diffusers folder to start stage 2 from")
+    parser.add_argument("--unet-lr", type=float, default=None)
     parser.add_argument("--test", action="store_true", help="a tiny config that runs in seconds (for tests)")
     args = parser.parse_args(argv)
     config = TEST_CONFIG if args.test else TrainConfig()
-    overrides = {"seed": args.seed, "minutes": args.minutes}
-    overrides.update({k: v for k, v in (("unet_steps", args.unet_steps), ("vae_steps", args.vae_steps)) if v})
+    overrides = {"seed": args.seed, "minutes": args.minutes, "init_from": args.init_from}
+    overrides.update({k: v for k, v in (("unet_steps", args.unet_steps), ("vae_steps", args.vae_steps),
+                                         ("unet_lr", args.unet_lr)) if v})
     train(replace(config, **overrides), out=args.out, workdir=args.workdir)
     return 0
 
