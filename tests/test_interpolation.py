@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-import sdexplore
 from sdexplore.studies.interpolation import interpolated_prompt_embeds, single_token_id, trace_interpolation
 
 
