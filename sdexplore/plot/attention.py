@@ -171,3 +171,27 @@ def _array(tensor) -> np.ndarray:
 def _bare(ax) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def plot_slide(slide: dict, *, word: str = "cat", target: str = "kitten") -> Figure:
+    """``studies.attention.slide_attention`` output: pictures above, the word's maps below, and how much
+    each changes between neighbouring alphas (picture vs attention) in a third row."""
+    alphas = slide["alphas"]
+    count = len(alphas)
+    figure = Figure(figsize=(1.3 * count, 4.6), layout="constrained")
+    grid = figure.add_gridspec(3, count, height_ratios=[1, 1, 1.1])
+    for col, alpha in enumerate(alphas):
+        top, middle = figure.add_subplot(grid[0, col]), figure.add_subplot(grid[1, col])
+        top.imshow(slide["images"][col])
+        top.set_title(f"α={alpha:.2f}", fontsize=8)
+        middle.imshow(_array(slide["maps"][col]), cmap="jet")
+        _bare(top)
+        _bare(middle)
+    changes = figure.add_subplot(grid[2, :])
+    middles = [(a + b) / 2 for a, b in zip(alphas[:-1], alphas[1:])]
+    changes.plot(middles, slide["image_change"], marker="o", label="picture change (mean |Δpixel| / 255)")
+    changes.plot(middles, slide["map_change"], marker="s", label=f"attention change of {word!r} (TV distance)")
+    changes.set_xlabel(f"α ({word} → {target})")
+    changes.legend(fontsize=7)
+    figure.suptitle(f"sliding {word!r} toward {target!r}: pictures (top), attention to the word (middle)", fontsize=9)
+    return figure

@@ -51,3 +51,23 @@ def plot_denoising(previews: dict, *, title: str | None = None) -> Figure:
     if title:
         figure.suptitle(title, fontsize=10)
     return figure
+
+
+def plot_settling(curves: dict, *, tolerance: float | None = None, title: str | None = None) -> Figure:
+    """The two distance curves of ``studies.denoising.settling`` ([N] each) against the step."""
+    figure = Figure(figsize=(6, 3.2), layout="constrained")
+    ax = figure.subplots()
+    ax.plot(_array(curves["x_t"]), marker=".", label="x_t: what the sampler holds")
+    ax.plot(_array(curves["x0"]), marker=".", label="x0: its guess of the final latent")
+    if tolerance is not None:
+        ax.axhline(tolerance, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("distance to the final latent\n(relative RMS)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "the guess settles long before the noise is gone", fontsize=10)
+    return figure
+
+
+def _array(values) -> np.ndarray:
+    return values.detach().float().cpu().numpy() if hasattr(values, "detach") else np.asarray(values)

@@ -19,14 +19,13 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..studies.attention import attended_region, iou
 from . import world
 from .judge import foreground_mask, get_judge
 
 THRESHOLDS = {"kind": 0.90, "color": 0.90, "position": 0.90, "cat_vs_kitten": 0.85, "mean_iou": 0.70,
               "seconds_25_steps": 1.5}
-ATTENTION_THRESHOLD = 0.4  # DAAM's tau: a pixel is "attended" above 40% of the map's maximum
 STEPS, GUIDANCE = 25, 7.5
 
 
@@ -70,18 +69,6 @@ def attention_iou(pipe, n: int = 32, seed: int = 0, batch: int = 8) -> dict:
                                 for word in object_words(scene.objects[0].kind)]).mean(0)
             ious.append(iou(attended_region(heat, image.size[::-1]), foreground_mask(np.asarray(image))))
     return {"mean_iou": float(np.mean(ious)), "ious": ious}
-
-
-def attended_region(heat: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """bool [H, W]: the map [h, w] upsampled to the image, scaled to its maximum, above the threshold."""
-    up = F.interpolate(heat[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
-    up = up - up.min()
-    return (up / up.max().clamp_min(1e-12) > ATTENTION_THRESHOLD).numpy()
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
 def cat_kitten_interpolation(pipe, seeds: int = 8, alphas=(0.0, 0.25, 0.5, 0.75, 1.0), seed: int = 0) -> dict:
