@@ -20,13 +20,14 @@ import time
 import numpy as np
 import torch
 
-from ..studies.attention import attended_region, iou
+from ..studies.attention import ATTENTION_THRESHOLD, attended_region, iou
 from . import world
 from .judge import foreground_mask, get_judge
 
 THRESHOLDS = {"kind": 0.90, "color": 0.90, "position": 0.90, "cat_vs_kitten": 0.85, "mean_iou": 0.70,
               "seconds_25_steps": 1.5}
 STEPS, GUIDANCE = 25, 7.5
+VALIDATION_SEED = 100  # scenes and seeds for choosing the attention threshold; the gates use seed 0
 
 
 def object_words(kind: str) -> list[str]:
@@ -52,12 +53,12 @@ def prompt_following(pipe, n: int = 100, seed: int = 0) -> dict:
     return get_judge().score(images, scenes)
 
 
-def attention_iou(pipe, n: int = 32, seed: int = 0, batch: int = 8) -> dict:
-    """Mean IoU of the thresholded object-word attention map vs the object's mask in the image."""
+def object_word_heats(pipe, n: int = 32, seed: int = 0, batch: int = 8):
+    """Yield (heat [h, w], object mask bool [H, W]) for n held-out single-object scenes: the object
+    word's map (all layers and steps averaged) and the object's pixels in the generated image."""
     from ..capture.run import trace
 
     scenes = world.held_out_prompts(n, seed=seed + 1)
-    ious = []
     for start in range(0, n, batch):
         chunk = scenes[start:start + batch]
         prompts = [world.canonical_prompt(s) for s in chunk]
@@ -67,8 +68,22 @@ def attention_iou(pipe, n: int = 32, seed: int = 0, batch: int = 8) -> dict:
         for index, (scene, image) in enumerate(zip(chunk, run.images)):
             heat = torch.stack([maps[index, run.attention.word_positions(word, index)].sum(0)
                                 for word in object_words(scene.objects[0].kind)]).mean(0)
-            ious.append(iou(attended_region(heat, image.size[::-1]), foreground_mask(np.asarray(image))))
+            yield heat, foreground_mask(np.asarray(image))
+
+
+def attention_iou(pipe, n: int = 32, seed: int = 0, threshold: float = ATTENTION_THRESHOLD) -> dict:
+    """Mean IoU of the thresholded object-word attention map vs the object's mask in the image."""
+    ious = [iou(attended_region(heat, mask.shape, threshold), mask)
+            for heat, mask in object_word_heats(pipe, n, seed)]
     return {"mean_iou": float(np.mean(ious)), "ious": ious}
+
+
+def threshold_sweep(pipe, thresholds=(0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7), n: int = 32,
+                    seed: int = VALIDATION_SEED) -> dict[float, float]:
+    """{threshold: mean IoU} on validation scenes (other prompts and seeds than the gate's): how
+    ``ATTENTION_THRESHOLD`` was chosen. The gate itself is then measured on its own scenes."""
+    pairs = list(object_word_heats(pipe, n, seed))
+    return {t: float(np.mean([iou(attended_region(h, m.shape, t), m) for h, m in pairs])) for t in thresholds}
 
 
 def cat_kitten_interpolation(pipe, seeds: int = 8, alphas=(0.0, 0.25, 0.5, 0.75, 1.0), seed: int = 0) -> dict:
@@ -122,10 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="toy")
     parser.add_argument("--n", type=int, default=100, help="held-out prompts for prompt following")
     parser.add_argument("--n-attention", type=int, default=32)
+    parser.add_argument("--sweep-threshold", action="store_true",
+                        help="print mean IoU by attention threshold on validation scenes, then stop")
     args = parser.parse_args(argv)
     from ..models import load_pipeline
 
     pipe = load_pipeline(args.model)
+    if args.sweep_threshold:
+        for threshold, score in threshold_sweep(pipe, n=args.n_attention).items():
+            print(f"threshold {threshold:.2f}   validation mean IoU {score:.3f}")
+        return 0
     results = measure_all(pipe, n=args.n, n_attention=args.n_attention)
     failures = 0
     for name, threshold in THRESHOLDS.items():
