@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup clean train-toy bench
+.PHONY: demo test setup clean train-toy gates bench figures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ test: $(STAMP)
 
 train-toy: $(STAMP)
 	$(PY) -m sdexplore.toy.train
+
+gates: $(STAMP)
+	$(PY) -m sdexplore.toy.gates
+
+# Run every notebook top to bottom (they save their figures to figures/), then the demo figure.
+figures: $(STAMP)
+	cd notebooks && for nb in *.ipynb; do ../$(PY) -m jupyter nbconvert --to notebook --execute --stdout "$$nb" > /dev/null || exit 1; done
+	$(PY) -m sdexplore demo --out figures
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_trace.py
