@@ -32,7 +32,8 @@ def demo(args) -> int:
     figure = plot_denoising(denoising_previews(run, method="vae", pipe=pipe), title=title)
     figure.savefig(out / f"{stem}.png", dpi=120)
     sidecar = {"figure": f"{stem}.png", "question": "How does pure noise become a picture, step by step?",
-               **{k: run.params[k] for k in ("prompt", "seed", "model", "scheduler", "versions")},
+               **{k: run.params[k] for k in ("prompt", "seed", "scheduler", "versions")},
+               "model": model,  # as asked ("toy", a hub id), not this machine's path to it
                "num_inference_steps": args.steps, "guidance_scale": args.guidance}
     (out / f"{stem}.json").write_text(json.dumps(sidecar, indent=2))
     if args.save_trace:

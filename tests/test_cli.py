@@ -16,6 +16,7 @@ def test_demo_writes_a_figure_sidecar_and_trace(tmp_path):
         assert picture.width > 300 and picture.height > 200
     sidecar = json.loads((tmp_path / "demo_tiny_seed0.json").read_text())
     assert sidecar["seed"] == 0 and sidecar["num_inference_steps"] == 3 and sidecar["figure"] == figure.name
+    assert sidecar["model"] == "tiny"  # the name asked for, not a path on this machine
     import sdexplore
 
     assert sdexplore.Trace.load(tmp_path / "run.safetensors").num_steps == 3
