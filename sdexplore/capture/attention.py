@@ -214,7 +214,7 @@ class _Collector:
         self.layer_heads: dict[str, int] = {}
         self._series: dict[str, dict[str, _Series]] = {}
         self._guided = self._split = self._open = False
-        self._sum: torch.Tensor | None = None  # aggregate: this step's sum over layers [b, T, h, w]
+        self._sums: dict[tuple[int, int], torch.Tensor] = {}  # aggregate: this step's sum per grid [b, n, T]
         self._count = 0
         self._layers: dict[str, torch.Tensor] = {}  # per_layer: this step's maps
 
@@ -233,18 +233,26 @@ class _Collector:
         return slice(batch // 2, None) if self._guided and not keep_negative and batch % 2 == 0 else slice(None)
 
     def add(self, name: str, probs: torch.Tensor, heads: int) -> None:
-        batch, _, queries, tokens = probs.shape
-        size = layer_grid(queries, self.latent_size)
+        size = layer_grid(probs.shape[2], self.latent_size)
         self.layer_sizes.setdefault(name, size)
         self.layer_heads.setdefault(name, heads)
         if self.mode == "per_layer":
             self._layers[name] = probs if self.per_head else probs.mean(1, dtype=torch.float32)
             return
-        grid = probs.mean(1, dtype=torch.float32).transpose(1, 2).reshape(batch, tokens, *size)
-        if size != self.latent_size:
-            grid = F.interpolate(grid, size=self.latent_size, mode="bilinear", align_corners=False)
-        self._sum = grid if self._sum is None else self._sum.add_(grid)
+        heads_mean = probs.mean(1, dtype=torch.float32)  # [b, n, T]
+        self._sums[size] = heads_mean if size not in self._sums else self._sums[size].add_(heads_mean)
         self._count += 1
+
+    def _step_mean(self) -> torch.Tensor | None:
+        """aggregate: this step's mean over layers [b, T, h, w] at the latent size. Layers of one grid are
+        summed first and upsampled once (bilinear upsampling is linear, so this is the mean of the upsampled maps)."""
+        total = None
+        for size, summed in self._sums.items():
+            grid = summed.transpose(1, 2).reshape(summed.shape[0], summed.shape[2], *size)
+            if size != self.latent_size:
+                grid = F.interpolate(grid, size=self.latent_size, mode="bilinear", align_corners=False)
+            total = grid if total is None else total.add_(grid)
+        return None if total is None else total / self._count
 
     def end_step(self) -> None:
         """Close the current step: move its maps to the CPU (or into the running mean)."""
@@ -252,11 +260,11 @@ class _Collector:
             return
         self._open, step = False, len(self.timesteps) - 1
         if self.mode == "aggregate":
-            self._append("all", step, None if self._sum is None else self._sum / self._count)
+            self._append("all", step, self._step_mean())
         else:
             for name in self.layer_sizes:
                 self._append(name, step, self._layers.get(name))
-        self._sum, self._count, self._layers = None, 0, {}
+        self._sums, self._count, self._layers = {}, 0, {}
 
     def _append(self, key: str, step: int, value: torch.Tensor | None) -> None:
         halves = dict(zip(("negative", "text"), value.chunk(2))) if value is not None and self._split \
