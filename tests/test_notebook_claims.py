@@ -11,7 +11,8 @@ import torch
 import sdexplore
 from sdexplore.studies.attention import attended_region, iou, slide_attention, token_kind_shares
 from sdexplore.studies.denoising import first_step_within, prompt_effect, settling
-from sdexplore.toy.judge import foreground_mask
+from sdexplore.studies.interpolation import divergence, picture_changes, trace_interpolation
+from sdexplore.toy.judge import foreground_mask, get_judge
 
 CAT = "a photo of a large orange tabby cat with green eyes on the left, sea background"  # notebook 01
 CAT_02 = "a photo of a large orange cat on the left, sea background"  # notebook 02
@@ -96,3 +97,30 @@ def test_02_the_cat_map_moves_with_the_picture_along_the_slide(toy):
                             num_inference_steps=25, guidance_scale=7.5)
     assert np.argmax(slide["map_change"]) == np.argmax(slide["image_change"])
     assert slide["image_change"].max() >= 2 * np.median(slide["image_change"])  # a jump, not a steady morph
+
+
+# --- notebook 03: cat <-> kitten, where the picture branches ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slide_03(toy):
+    alphas = [i / 16 for i in range(17)]
+    return trace_interpolation(toy, SLIDE, "cat", "kitten", alphas, seed=0, num_inference_steps=25, guidance_scale=7.5)
+
+
+def test_03_the_slide_jumps_once_from_cat_to_kitten(slide_03):
+    kinds = [p["kind"] for p in get_judge().predict(np.stack([np.asarray(r.images[0]) for r in slide_03]))]
+    flip = kinds.index("kitten")
+    assert flip > 0 and kinds == ["cat"] * flip + ["kitten"] * (len(kinds) - flip)
+    changes = picture_changes(slide_03).sort(descending=True).values
+    assert changes[0] >= 3 * changes[1]  # one jump, not a morph
+
+
+def test_03_the_runs_branch_in_the_first_third_and_never_rejoin(slide_03):
+    jump = int(picture_changes(slide_03).argmax())
+    near = divergence(slide_03[jump], slide_03[jump + 1])["x0"]
+    far = divergence(slide_03[2], slide_03[3])["x0"]
+    steps = len(near)
+    assert int(near.argmax()) <= steps // 3 and near.max() >= 5 * near[0]  # amplified, early
+    assert near[-1] >= 0.5 * near.max() and near[-1] >= 5 * far[-1]  # and never closed again
+    assert far.max() < 0.05  # far from the jump, nothing is amplified

@@ -66,3 +66,18 @@ def test_slide_attention_records_a_picture_and_a_map_per_alpha(tiny):
     assert isinstance(plot_slide(slide), Figure)
     with pytest.raises(ValueError, match="not in the prompt"):
         slide_attention(tiny, PROMPT, "dog", "kitten", [0.0], seed=0, num_inference_steps=2)
+
+
+def test_divergence_is_zero_for_the_same_seed_and_grows_apart_for_another(tiny):
+    from sdexplore.plot.interpolation import plot_branching, plot_divergence, plot_slide_row
+    from sdexplore.studies.interpolation import divergence, picture_changes
+
+    a, same = (sdexplore.trace(tiny, PROMPT, seed=0, num_inference_steps=4) for _ in range(2))
+    other = sdexplore.trace(tiny, PROMPT, seed=1, num_inference_steps=4)
+    assert divergence(a, same)["x0"].shape == (4,) and divergence(a, same)["x_t"].shape == (5,)
+    assert divergence(a, same)["x0"].abs().max() == 0 and divergence(a, other)["x_t"][0] > 0.5
+    changes = picture_changes([a, same, other])
+    assert changes.shape == (2,) and changes[0] == 0 and changes[1] > 0
+    assert isinstance(plot_divergence({"seed 0 vs 1": divergence(a, other)["x0"]}), Figure)
+    assert isinstance(plot_slide_row([r.images[0] for r in (a, other)], [0.0, 1.0], ["a", "b"]), Figure)
+    assert isinstance(plot_branching({"a": [a.images[0]] * 2, "b": [other.images[0]] * 2}, [0, 3]), Figure)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 
 
@@ -69,3 +70,21 @@ def trace_interpolation(pipe, prompt: str, word: str, target: str, alphas, *, se
         run.params.update({"prompt": prompt, "interpolation": {"word": word, "target": target, "alpha": float(alpha)}})
         runs.append(run)
     return runs
+
+
+def divergence(run_a, run_b, prompt_index: int = 0) -> dict[str, torch.Tensor]:
+    """How far two runs of the same seed drift apart, step by step (the notes' "butterfly effect").
+
+    Returns {"x0": [N], "x_t": [N+1]}: |a - b| / |b| of the clean guesses and of the sampler's latents.
+    """
+    def relative(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a - b).flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1).clamp_min(1e-12)
+
+    return {"x0": relative(run_a.x0[:, prompt_index], run_b.x0[:, prompt_index]),
+            "x_t": relative(run_a.latents[:, prompt_index], run_b.latents[:, prompt_index])}
+
+
+def picture_changes(runs: list) -> torch.Tensor:
+    """[A-1]: mean |pixel difference| / 255 between the pictures of neighbouring runs."""
+    pictures = torch.stack([torch.from_numpy(np.asarray(run.images[0], dtype=np.float32)) for run in runs])
+    return (pictures[1:] - pictures[:-1]).abs().flatten(1).mean(1) / 255
