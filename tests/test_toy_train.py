@@ -71,3 +71,12 @@ def test_the_toy_tokenizer_knows_every_caption_word_and_never_crashes_on_others(
     assert tokenizer.decode(ids).replace(" ", "") == "abozumanxylophone"
     odd = tokenizer("zqj café 123 !?", add_special_tokens=False).input_ids  # accents, digits, punctuation
     assert odd and tokenizer.unk_token_id not in odd
+
+
+def test_a_model_already_in_the_output_folder_is_never_replaced(trained, tmp_path):
+    _, out = trained  # a folder that holds a trained model
+    before = (out / "model_index.json").read_bytes()
+    with pytest.raises(FileExistsError, match="already holds a model"):
+        train.train(train.TEST_CONFIG, out=out, workdir=tmp_path / "work")
+    assert train.main(["--test", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 2
+    assert (out / "model_index.json").read_bytes() == before and not (tmp_path / "work").exists()

@@ -1,6 +1,6 @@
 """Train the toy model from a fixed seed and write it as a diffusers folder.
 
-    python -m sdexplore.toy.train                      # full model -> sdexplore/toy/weights (resumable)
+    python -m sdexplore.toy.train                      # full model -> runs/toy/model (resumable)
     python -m sdexplore.toy.train --minutes 60         # fit the denoiser stage into a time budget
     python -m sdexplore.toy.train --init-from sdexplore/toy/weights --minutes 60   # go on from shipped weights
 
@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -37,7 +38,7 @@ from transformers import CLIPTextModel
 from .model import FULL, SMALL, ToySize, assemble_pipeline, build_text_encoder, build_tokenizer, build_unet, \
     build_vae, sampling_scheduler, training_scheduler
 
-DEFAULT_OUT = Path(__file__).parent / "weights"
+DEFAULT_OUT = Path("runs/toy/model")  # to ship it, copy it to sdexplore/toy/weights once it clears the gates
 
 
 @dataclass
@@ -272,8 +273,14 @@ def train_denoiser(config: TrainConfig, latents: tuple[torch.Tensor, torch.Tenso
 # --- the whole run -----------------------------------------------------------------------------
 
 
-def train(config: TrainConfig, out: Path = DEFAULT_OUT, workdir: Path = Path("runs/toy")) -> Path:
-    """Train every part, then write a diffusers folder to ``out`` (loadable with from_pretrained)."""
+def train(config: TrainConfig, out: Path = DEFAULT_OUT, workdir: Path = Path("runs/toy"),
+          overwrite: bool = False) -> Path:
+    """Train every part, then write a diffusers folder to ``out`` (loadable with from_pretrained).
+
+    A model already in ``out`` is never replaced unless ``overwrite``: checked before any training.
+    """
+    if (Path(out) / "model_index.json").exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds a model; pass another --out, or --overwrite to replace it")
     workdir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 1)
     started = time.time()
@@ -314,13 +321,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init-from", default=None, help="a trained diffusers folder to start stage 2 from")
     parser.add_argument("--unet-lr", type=float, default=None)
+    parser.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     parser.add_argument("--test", action="store_true", help="a tiny config that runs in seconds (for tests)")
     args = parser.parse_args(argv)
     config = TEST_CONFIG if args.test else TrainConfig()
     overrides = {"seed": args.seed, "minutes": args.minutes, "init_from": args.init_from}
     overrides.update({k: v for k, v in (("unet_steps", args.unet_steps), ("vae_steps", args.vae_steps),
                                          ("unet_lr", args.unet_lr)) if v})
-    train(replace(config, **overrides), out=args.out, workdir=args.workdir)
+    try:
+        train(replace(config, **overrides), out=args.out, workdir=args.workdir, overwrite=args.overwrite)
+    except FileExistsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
