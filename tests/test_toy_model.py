@@ -67,3 +67,11 @@ def test_words_the_world_never_saw_are_tokenised_not_fatal(toy):
 def test_the_world_vocabulary_is_one_token_per_word(toy):
     for word in world.WORDS:
         assert len(toy.tokenizer(word, add_special_tokens=False).input_ids) == 1, word
+
+
+def test_the_threshold_sweep_scores_validation_scenes_like_the_gate_does(toy):
+    sweep = gates.threshold_sweep(toy, thresholds=(0.3, 0.5, 0.7), n=8)
+    assert list(sweep) == [0.3, 0.5, 0.7] and all(0.0 <= v <= 1.0 for v in sweep.values())
+    same = gates.attention_iou(toy, n=8, seed=gates.VALIDATION_SEED, threshold=0.5)["mean_iou"]
+    assert sweep[0.5] == pytest.approx(same)
+    assert sweep[0.5] > sweep[0.3]  # a too-low threshold spills over the background
