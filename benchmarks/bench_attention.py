@@ -129,7 +129,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU x{torch.get_num_threads()} threads"
+    cpu = f"CPU x{torch.get_num_threads()} threads"
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu
     print(f"model={'sd15-random' if args.sd15 else args.model} device={device} dtype={args.dtype}")
     timing(args)
     if not args.skip_memory:

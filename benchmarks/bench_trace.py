@@ -79,7 +79,8 @@ def main() -> None:
         plain_times.append(time_once(plain, args.device))
         traced_times.append(time_once(traced, args.device))
     p, t = statistics.median(plain_times), statistics.median(traced_times)
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU x{torch.get_num_threads()} threads"
+    cpu = f"CPU x{torch.get_num_threads()} threads"
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu
     print(f"model={model} device={device} dtype={args.dtype} {size}x{size} steps={args.steps} cfg=7.5 "
           f"attention={args.attention} runs={args.runs}")
     print(f"plain  median {p * 1000:8.1f} ms")

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdexplore", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("demo", help="trace a prompt on the default model and write a figure")
-    run.add_argument("--model", default=None, help="toy | tiny | a diffusers folder | a hub id (default: toy if shipped)")
+    run.add_argument("--model", default=None,
+                     help="toy | tiny | a diffusers folder | a hub id (default: toy if shipped)")
     run.add_argument("--prompt", default=DEFAULT_PROMPT)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--steps", type=int, default=25)

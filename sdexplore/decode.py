@@ -39,7 +39,8 @@ class LatentRGB:
 
 # The well-known cheap approximation for SD 1.x latents (no bias).
 SD1_LATENT_RGB = LatentRGB(
-    weights=torch.tensor([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]]),
+    weights=torch.tensor([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173],
+                          [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]]),
     bias=torch.zeros(3),
 )
 

@@ -93,7 +93,8 @@ def test_maps_equal_independent_recomputation(pipes, kind):
     layers = {name: module for name, module in pipe.unet.named_modules() if name.endswith("attn2")}
     seen = {name: [] for name in layers}
     handles = [module.register_forward_pre_hook(
-        lambda m, args, kwargs, name=name: seen[name].append((args[0].clone(), kwargs["encoder_hidden_states"].clone())),
+        lambda m, args, kwargs, name=name: seen[name].append(
+            (args[0].clone(), kwargs["encoder_hidden_states"].clone())),
         with_kwargs=True) for name, module in layers.items()]
     try:
         run = sdexplore.trace(pipe, PROMPT, seed=1, attention="per_layer", **FAST, **_inputs(kind))

@@ -41,7 +41,8 @@ def test_scheduler_names_keep_the_models_schedule(tiny_sd2, name):
 
 
 def test_unknown_scheduler_names_the_choices():
-    with pytest.raises(ValueError, match=r"unknown scheduler 'heun'; choose one of: ddim, ddpm, euler, euler_a, dpm\+\+, pndm"):
+    expected = r"unknown scheduler 'heun'; choose one of: ddim, ddpm, euler, euler_a, dpm\+\+, pndm"
+    with pytest.raises(ValueError, match=expected):
         sdexplore.load_pipeline("tiny", scheduler="heun")
 
 

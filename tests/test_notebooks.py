@@ -20,7 +20,8 @@ def test_notebook_runs_and_saves_its_figures(source, tmp_path):
     folder.mkdir()
     notebook_path = shutil.copy(source, folder)
     notebook = nbformat.read(notebook_path, as_version=4)
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute()
+    resources = {"metadata": {"path": str(folder)}}
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources=resources).execute()
     errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     saved = {p.name for p in (tmp_path / "figures").glob("*.png")}

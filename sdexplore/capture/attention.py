@@ -295,7 +295,8 @@ def _check_choice(option: str, value, choices) -> None:
 
 def _select_layers(available: dict, wanted) -> dict:
     if not available:
-        raise ValueError("this UNet has no cross-attention (attn2) layers: there is no attention over the prompt to record")
+        raise ValueError("this UNet has no cross-attention (attn2) layers: "
+                         "there is no attention over the prompt to record")
     if wanted is None:
         return available
     wanted = [wanted] if isinstance(wanted, str) else list(wanted)

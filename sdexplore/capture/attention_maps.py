@@ -264,7 +264,8 @@ class AttentionMaps:
         names = [layers] if isinstance(layers, str) else list(self.layer_names if layers is None else layers)
         unknown = [name for name in names if name not in self.layer_sizes]
         if unknown or not names:
-            raise ValueError(f"unknown cross-attention layer(s) {unknown}; this trace has: {', '.join(self.layer_names)}")
+            raise ValueError(f"unknown cross-attention layer(s) {unknown}; "
+                             f"this trace has: {', '.join(self.layer_names)}")
         if self.mode == "aggregate" and (need_layers or set(names) != set(self.layer_names)):
             raise ValueError("this trace averaged the layers while recording (attention='aggregate'); trace with "
                              "attention='per_layer' to look at layers, or choose them before the run with "

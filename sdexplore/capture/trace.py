@@ -85,7 +85,8 @@ class Trace:
     def step(self, step: int) -> dict:
         """Everything recorded at one step: timestep, x_t, x_prev, x0 and the predictions [B, C, h, w]."""
         i = self.step_index(step)
-        record = {"step": i, "timestep": float(self.timesteps[i]), "x_t": self.latents[i], "x_prev": self.latents[i + 1]}
+        record = {"step": i, "timestep": float(self.timesteps[i]),
+                  "x_t": self.latents[i], "x_prev": self.latents[i + 1]}
         for name in _STEP_FIELDS:
             value = getattr(self, name)
             record[name] = None if value is None else value[i]
@@ -93,7 +94,8 @@ class Trace:
 
     def latent(self, step: int, which: str = "x0") -> torch.Tensor:
         """[B, C, h, w]: ``which`` is "x0" (clean estimate), "x_t" (entering the step) or "x_prev" (after it)."""
-        choices = {"x0": lambda i: self.x0[i], "x_t": lambda i: self.latents[i], "x_prev": lambda i: self.latents[i + 1]}
+        choices = {"x0": lambda i: self.x0[i], "x_t": lambda i: self.latents[i],
+                   "x_prev": lambda i: self.latents[i + 1]}
         if which not in choices:
             raise ValueError(f"unknown latent {which!r}; choose one of: {', '.join(choices)}")
         return choices[which](self.step_index(step))
@@ -129,14 +131,16 @@ class Trace:
         tokens = [[Token(**row) for row in table] for table in metadata["tokens"]]
         images = [Image.fromarray(array) for array in tensors.pop("images").numpy()]
         inputs = {k.removeprefix("inputs."): tensors.pop(k) for k in list(tensors) if k.startswith("inputs.")}
-        attention_tensors = {k.removeprefix("attention."): tensors.pop(k) for k in list(tensors) if k.startswith("attention.")}
+        attention_tensors = {k.removeprefix("attention."): tensors.pop(k)
+                             for k in list(tensors) if k.startswith("attention.")}
         attention = None
         if "attention" in metadata:
             from .attention import AttentionMaps
 
             attention = AttentionMaps.from_saved(attention_tensors, metadata["attention"], tokens)
         fields = {name: tensors.get(name) for name in cls._tensor_names()}
-        return cls(**fields, images=images, tokens=tokens, params=metadata["params"], inputs=inputs, attention=attention)
+        return cls(**fields, images=images, tokens=tokens, params=metadata["params"], inputs=inputs,
+                   attention=attention)
 
     def _tensor_fields(self) -> dict[str, torch.Tensor | None]:
         return {name: getattr(self, name) for name in self._tensor_names()}
