@@ -81,3 +81,37 @@ def test_divergence_is_zero_for_the_same_seed_and_grows_apart_for_another(tiny):
     assert isinstance(plot_divergence({"seed 0 vs 1": divergence(a, other)["x0"]}), Figure)
     assert isinstance(plot_slide_row([r.images[0] for r in (a, other)], [0.0, 1.0], ["a", "b"]), Figure)
     assert isinstance(plot_branching({"a": [a.images[0]] * 2, "b": [other.images[0]] * 2}, [0, 3]), Figure)
+
+
+def test_strength_sweep_separates_the_seed_from_the_strength(tiny):
+    from PIL import Image
+
+    from sdexplore.plot.img2img import plot_strength_curves, plot_strength_grid
+    from sdexplore.studies.img2img import (
+        distance_to,
+        neighbour_changes,
+        pictures,
+        seed_spread,
+        signal_left,
+        strength_sweep,
+    )
+
+    source = Image.fromarray(np.full((64, 64, 3), 120, np.uint8))
+    runs = strength_sweep(tiny, source, PROMPT, [0.5, 1.0], [0, 0, 1], num_inference_steps=4)
+    assert [[run.num_steps for run in row] for row in runs] == [[2, 4]] * 3  # int(4 * strength) steps run
+    images = pictures(runs)
+    assert images.shape == (3, 2, 64, 64, 3)
+    assert distance_to(images, source).shape == (3, 2) and distance_to(images[:, 0], images[0, 0])[1] == 0
+    half = np.zeros((64, 64), bool)
+    half[:, :32] = True
+    assert distance_to(images[0], source, where=half).shape == (2,)
+    with pytest.raises(ValueError, match="selects no pixel"):
+        distance_to(images, source, where=np.zeros((64, 64), bool))
+    changes = neighbour_changes(images)
+    assert changes.shape == (3, 1) and changes[0, 0] == pytest.approx(distance_to(images[0, 1], images[0, 0]))
+    assert seed_spread(images[:2]).max() == 0 and (seed_spread(images) > 0).all()  # same seed twice: no spread
+    signal = [signal_left(tiny.scheduler, row_run.timesteps[0]) for row_run in runs[0]]
+    assert 1 > signal[0] > signal[1] > 0  # more strength, less of the input left at the start
+    assert signal_left(tiny.scheduler, 0) > 0.99
+    assert isinstance(plot_strength_grid({"seed 0": images[0] / 255}, [0.5, 1.0], source=source), Figure)
+    assert isinstance(plot_strength_curves([0.5, 1.0], {"distance": distance_to(images[0], source)}), Figure)

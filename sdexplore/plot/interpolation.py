@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
+from .common import plot_lines, plot_picture_grid
+
 
 def plot_slide_row(images, alphas, labels=None, *, title: str | None = None) -> Figure:
     """One picture per alpha, each titled with alpha (and a label, e.g. what a judge sees)."""
@@ -20,32 +22,10 @@ def plot_slide_row(images, alphas, labels=None, *, title: str | None = None) -> 
 
 def plot_divergence(curves: dict, *, title: str | None = None) -> Figure:
     """curves: {label: [N] relative distance per step}, one line each."""
-    figure = Figure(figsize=(6.5, 3.2), layout="constrained")
-    ax = figure.subplots()
-    for label, values in curves.items():
-        ax.plot(range(len(values)), [float(v) for v in values], marker=".", label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("|x0_a − x0_b| / |x0_b|")
-    ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=10)
-    return figure
+    steps = range(len(next(iter(curves.values()))))
+    return plot_lines(steps, curves, xlabel="step", ylabel="|x0_a − x0_b| / |x0_b|", title=title)
 
 
 def plot_branching(rows: dict, steps: list[int], *, title: str | None = None) -> Figure:
     """rows: {label: [picture per step]} — e.g. the x0 guesses of two runs, one row each."""
-    figure = Figure(figsize=(1.4 * len(steps) + 0.6, 1.6 * len(rows) + 0.4), layout="constrained")
-    axes = figure.subplots(len(rows), len(steps), squeeze=False)
-    for row, (label, pictures) in enumerate(rows.items()):
-        for column, (step, picture) in enumerate(zip(steps, pictures)):
-            ax = axes[row, column]
-            ax.imshow(picture)
-            ax.set_xticks([]), ax.set_yticks([])
-            if row == 0:
-                ax.set_title(f"step {step}", fontsize=8)
-            if column == 0:
-                ax.set_ylabel(label, fontsize=8)
-    if title:
-        figure.suptitle(title, fontsize=10)
-    return figure
+    return plot_picture_grid(rows, [f"step {step}" for step in steps], title=title)

@@ -1,0 +1,57 @@
+"""img2img strength sweeps: what strength does to the start, to the picture, and how much the seed matters.
+
+The study group swept strength from 0.6 to 0.99 with a new seed for every picture and regretted it: the
+seed's effect and the strength's effect were mixed. ``strength_sweep`` runs the grid both ways (one row per
+seed), so the two can be told apart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def strength_sweep(pipe, image, prompt: str, strengths, seeds, **pipeline_kwargs) -> list[list]:
+    """runs[i][j]: the Trace of seed ``seeds[i]`` at strength ``strengths[j]`` (img2img from ``image``)."""
+    from ..capture.run import trace
+
+    return [[trace(pipe, prompt, seed=seed, image=image, strength=float(s), **pipeline_kwargs) for s in strengths]
+            for seed in seeds]
+
+
+def pictures(runs: list[list]) -> np.ndarray:
+    """float [S, K, H, W, 3] in 0..255: the final picture of every run of a sweep."""
+    return np.stack([np.stack([np.asarray(run.images[0], dtype=np.float32) for run in row]) for row in runs])
+
+
+def distance_to(images: np.ndarray, source, where: np.ndarray | None = None) -> np.ndarray:
+    """[..., H, W, 3] -> [...]: mean |pixel difference| / 255 from the source picture.
+
+    where: optional bool [H, W], the pixels to compare (e.g. the background only); default all.
+    """
+    difference = np.abs(images - np.asarray(source, dtype=np.float32)).mean(axis=-1) / 255
+    if where is None:
+        return difference.mean(axis=(-2, -1))
+    if not where.any():
+        raise ValueError("`where` selects no pixel: give a bool [H, W] mask with at least one True")
+    return difference[..., where].mean(axis=-1)
+
+
+def seed_spread(images: np.ndarray) -> np.ndarray:
+    """[S, K, H, W, 3] -> [K]: how much the picture depends on the seed (pixel std across seeds / 255, averaged)."""
+    return images.std(axis=0).mean(axis=(-3, -2, -1)) / 255
+
+
+def signal_left(scheduler, timestep) -> float:
+    """sqrt(alphas_cumprod[t]): the share of the input image still in the latent img2img starts from.
+
+    The start is sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·noise, so strength 0.99 means "start at the 99%-point of the
+    step list", not "99% noise": how much noise that is depends on the noise schedule.
+    """
+    alphas_cumprod = scheduler.alphas_cumprod
+    return float(torch.as_tensor(alphas_cumprod)[int(timestep)].sqrt())
+
+
+def neighbour_changes(images: np.ndarray) -> np.ndarray:
+    """[S, K, H, W, 3] -> [S, K-1]: mean |pixel difference| / 255 between neighbouring strengths of each seed."""
+    return np.abs(np.diff(images, axis=1)).mean(axis=(-3, -2, -1)) / 255
