@@ -11,7 +11,16 @@ import torch
 import sdexplore
 from sdexplore.studies.attention import attended_region, iou, slide_attention, token_kind_shares
 from sdexplore.studies.denoising import first_step_within, prompt_effect, settling
+from sdexplore.studies.img2img import (
+    distance_to,
+    neighbour_changes,
+    pictures,
+    seed_spread,
+    signal_left,
+    strength_sweep,
+)
 from sdexplore.studies.interpolation import divergence, picture_changes, trace_interpolation
+from sdexplore.toy import world
 from sdexplore.toy.judge import foreground_mask, get_judge
 
 CAT = "a photo of a large orange tabby cat with green eyes on the left, sea background"  # notebook 01
@@ -124,3 +133,58 @@ def test_03_the_runs_branch_in_the_first_third_and_never_rejoin(slide_03):
     assert int(near.argmax()) <= steps // 3 and near.max() >= 5 * near[0]  # amplified, early
     assert near[-1] >= 0.5 * near.max() and near[-1] >= 5 * far[-1]  # and never closed again
     assert far.max() < 0.05  # far from the jump, nothing is amplified
+
+
+# --- notebook 04: img2img strength, the seed, and what survives at 0.99 ----------------------------
+
+STRENGTHS = [0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0]
+
+
+@pytest.fixture(scope="module")
+def sweep_04(toy):
+    from PIL import Image
+
+    drawing = world.render(world.SceneSpec([world.ObjectSpec("cat", "orange", "plain", "green", "left"),
+                                            world.ObjectSpec("palm tree", "green", position="right")], "sea"))
+    source = Image.fromarray(drawing.image)
+    runs = strength_sweep(toy, source, "cat, sea, wave, palm tree", STRENGTHS, range(len(STRENGTHS)),
+                          num_inference_steps=25, guidance_scale=7.5)
+    return {"drawing": drawing, "source": source, "runs": runs, "images": pictures(runs)}
+
+
+def test_04_the_cat_goes_missing_and_the_palm_tree_stays(sweep_04):
+    images = sweep_04["images"].reshape(-1, 64, 64, 3).astype(np.uint8)
+    kinds = [p["kind"] for p in get_judge().predict(images)]
+    assert kinds.count("palm tree") >= 0.8 * len(kinds)
+
+
+def test_04_a_row_changes_in_jumps_and_the_seed_decides_where(sweep_04):
+    jumps = neighbour_changes(sweep_04["images"])  # [seed, strength - 1]
+    top_two = np.sort(jumps, axis=1)[:, -2:].sum(axis=1)
+    assert (top_two >= 0.6 * jumps.sum(axis=1)).all()  # one or two jumps carry most of each row's change
+    assert len(set(jumps.argmax(axis=1).tolist())) >= 3  # and the biggest one falls at different strengths
+
+
+def test_04_change_grows_with_strength_and_the_seeds_disagree_most_mid_sweep(sweep_04):
+    change = distance_to(sweep_04["images"], sweep_04["source"]).mean(axis=0)
+    assert change[-1] > change[0] and (np.diff(change) >= -0.005).all()
+    spread = seed_spread(sweep_04["images"])
+    assert spread.argmin() == 0 and 0 < spread.argmax() < len(STRENGTHS) - 1
+    assert spread.max() >= 2 * spread[0] and spread[-1] < spread.max()
+
+
+def test_04_sd15s_schedule_keeps_some_of_the_drawing_even_at_strength_1(toy, tiny, sweep_04):
+    toy_left = [signal_left(toy.scheduler, run.timesteps[0]) for run in sweep_04["runs"][0]]
+    sd15_left = [signal_left(tiny.scheduler, sdexplore.trace(tiny, "a cat", seed=0, image=sweep_04["source"],
+                                                             strength=s, num_inference_steps=50).timesteps[0])
+                 for s in (0.99, 1.0)]
+    assert 0.07 < sd15_left[1] < sd15_left[0] < 0.1  # ~8% at 0.99, ~7.6% at 1.0
+    assert toy_left[-2] < 0.03 and toy_left[-1] == 0  # the toy model: 2% at 0.99, nothing at 1.0
+
+
+def test_04_on_the_toy_model_strength_0_99_paints_what_1_0_paints(sweep_04):
+    images = sweep_04["images"]
+    assert (distance_to(images[:, -2], images[:, -1]) < 0.02).all()
+    background = ~np.logical_or.reduce(sweep_04["drawing"].masks)
+    kept = distance_to(images[:, 0], sweep_04["source"], where=background)
+    assert (distance_to(images[:, -2], sweep_04["source"], where=background) > kept).mean() >= 0.8
