@@ -1,7 +1,7 @@
 """Train the toy model from a fixed seed and write it as a diffusers folder.
 
-    python -m sdexplore.toy.train                      # full model -> runs/toy/model (resumable)
-    python -m sdexplore.toy.train --minutes 60         # fit the denoiser stage into a time budget
+    python -m sdexplore.toy.train                      # full model -> runs/toy/model (resumable), ~2 h on 2 cores
+    python -m sdexplore.toy.train --minutes 60         # fit the denoiser stage into another time budget
     python -m sdexplore.toy.train --init-from sdexplore/toy/weights --minutes 60   # go on from shipped weights
 
 Two stages, each checkpointed to ``--workdir`` (safetensors + JSON, resumed automatically):
@@ -28,15 +28,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
+from transformers import CLIPTextModel
 
 from . import world
 from .judge import foreground_mask
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextModel
-
-from .model import FULL, SMALL, ToySize, assemble_pipeline, build_text_encoder, build_tokenizer, build_unet, \
-    build_vae, sampling_scheduler, training_scheduler
+from .model import (
+    FULL,
+    SMALL,
+    ToySize,
+    assemble_pipeline,
+    build_text_encoder,
+    build_tokenizer,
+    build_unet,
+    build_vae,
+    sampling_scheduler,
+    training_scheduler,
+)
 
 DEFAULT_OUT = Path("runs/toy/model")  # to ship it, copy it to sdexplore/toy/weights once it clears the gates
 
@@ -46,11 +55,11 @@ class TrainConfig:
     size: ToySize = field(default_factory=lambda: FULL)
     seed: int = 0
     images: int = 24_000
-    vae_steps: int = 1_500
+    vae_steps: int = 1_000
     vae_batch: int = 32
     vae_lr: float = 1e-3
     vae_object_weight: float = 10.0  # objects are ~8% of the pixels: weigh them up so the VAE keeps them
-    unet_steps: int = 6_000
+    unet_steps: int = 9_000  # a cap: the time budget below decides the count
     unet_batch: int = 48
     unet_lr: float = 5e-4
     warmup: int = 100
@@ -59,13 +68,13 @@ class TrainConfig:
     prediction_type: str = "v_prediction"
     zero_terminal_snr: bool = True
     init_from: str | None = None  # a trained diffusers folder: stage 2 starts from its weights, its VAE is kept
-    minutes: float | None = None  # time budget for stage 2: the step count is fitted to it after a warm-up
+    minutes: float | None = 95.0  # time budget for stage 2 (fitted after a warm-up); 0 or None: run unet_steps
     checkpoint_every: int = 200
     log_every: int = 25
 
 
 TEST_CONFIG = TrainConfig(size=SMALL, images=64, vae_steps=3, vae_batch=4, unet_steps=3, unet_batch=4,
-                          warmup=1, checkpoint_every=2, log_every=1)
+                          warmup=1, checkpoint_every=2, log_every=1, minutes=None)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -113,7 +122,8 @@ def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer: 
     os.replace(json_tmp, path.with_suffix(".json"))
 
 
-def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None) -> dict | None:
+def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module],
+                    optimizer: torch.optim.Optimizer | None) -> dict | None:
     """Restore what ``save_checkpoint`` wrote; None when there is no checkpoint yet."""
     if not path.with_suffix(".json").exists():
         return None
@@ -175,7 +185,8 @@ def train_vae(config: TrainConfig, pixels: torch.Tensor, masks: torch.Tensor, wo
         posterior = vae.encode(batch).latent_dist
         torch.manual_seed(config.seed * 7919 + step)
         recon = vae.decode(posterior.sample()).sample
-        loss = reconstruction_loss(recon, batch, masks[indices], config.vae_object_weight) + 1e-6 * posterior.kl().mean()
+        loss = reconstruction_loss(recon, batch, masks[indices], config.vae_object_weight)
+        loss = loss + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -227,8 +238,9 @@ def train_denoiser(config: TrainConfig, latents: tuple[torch.Tensor, torch.Tenso
     text_encoder = build_text_encoder(tokenizer, config.size)
     unet = build_unet(config.size, latent_size=mean.shape[-1])
     if config.init_from:
-        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(Path(config.init_from) / "text_encoder").state_dict())
-        unet.load_state_dict(UNet2DConditionModel.from_pretrained(Path(config.init_from) / "unet").state_dict())
+        trained = Path(config.init_from)
+        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(trained / "text_encoder").state_dict())
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(trained / "unet").state_dict())
     modules = {"text_encoder": text_encoder, "unet": unet}
     parameters = list(text_encoder.parameters()) + list(unet.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=config.unet_lr, weight_decay=0.01)
@@ -315,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--workdir", type=Path, default=Path("runs/toy"), help="checkpoints and log.jsonl")
-    parser.add_argument("--minutes", type=float, default=None, help="time budget for the denoiser stage")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="time budget for the denoiser stage (default 95: the whole run fits in 2 h on 2 cores; "
+                             "0: no budget, run --unet-steps)")
     parser.add_argument("--unet-steps", type=int, default=None)
     parser.add_argument("--vae-steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -325,9 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", action="store_true", help="a tiny config that runs in seconds (for tests)")
     args = parser.parse_args(argv)
     config = TEST_CONFIG if args.test else TrainConfig()
-    overrides = {"seed": args.seed, "minutes": args.minutes, "init_from": args.init_from}
+    overrides = {"seed": args.seed, "init_from": args.init_from}
     overrides.update({k: v for k, v in (("unet_steps", args.unet_steps), ("vae_steps", args.vae_steps),
-                                         ("unet_lr", args.unet_lr)) if v})
+                                         ("unet_lr", args.unet_lr), ("minutes", args.minutes)) if v is not None})
     try:
         train(replace(config, **overrides), out=args.out, workdir=args.workdir, overwrite=args.overwrite)
     except FileExistsError as error:
