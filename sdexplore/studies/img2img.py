@@ -54,4 +54,4 @@ def signal_left(scheduler, timestep) -> float:
 
 def neighbour_changes(images: np.ndarray) -> np.ndarray:
     """[S, K, H, W, 3] -> [S, K-1]: mean |pixel difference| / 255 between neighbouring strengths of each seed."""
-    return np.abs(np.diff(images, axis=1)).mean(axis=(-3, -2, -1)) / 255
+    return distance_to(images[:, 1:], images[:, :-1])

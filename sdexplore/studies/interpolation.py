@@ -14,6 +14,8 @@ import contextlib
 import numpy as np
 import torch
 
+from .img2img import distance_to
+
 
 def single_token_id(tokenizer, word: str) -> int:
     """The id of a word that is one token; ValueError if the tokenizer splits it."""
@@ -86,5 +88,5 @@ def divergence(run_a, run_b, prompt_index: int = 0) -> dict[str, torch.Tensor]:
 
 def picture_changes(runs: list) -> torch.Tensor:
     """[A-1]: mean |pixel difference| / 255 between the pictures of neighbouring runs."""
-    pictures = torch.stack([torch.from_numpy(np.asarray(run.images[0], dtype=np.float32)) for run in runs])
-    return (pictures[1:] - pictures[:-1]).abs().flatten(1).mean(1) / 255
+    pictures = np.stack([np.asarray(run.images[0], dtype=np.float32) for run in runs])
+    return torch.from_numpy(distance_to(pictures[1:], pictures[:-1]))
