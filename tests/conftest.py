@@ -1,9 +1,16 @@
-"""Shared fixtures: tiny SD-shaped pipelines built in code (no downloads), Agg backend for figures."""
+"""Shared fixtures: tiny SD-shaped pipelines built in code (no downloads), Agg backend, the results cache."""
+
+import os
+import tempfile
 
 import matplotlib
 import pytest
 
 matplotlib.use("Agg")
+
+# One results cache per test run, shared with the kernels that execute the notebooks (they inherit the
+# environment): a sweep that a notebook and its claims test both need is computed once (sdexplore/cache.py).
+os.environ.setdefault("SDEXPLORE_CACHE", tempfile.mkdtemp(prefix="sdexplore-cache-"))
 
 import sdexplore  # noqa: E402
 
