@@ -1,0 +1,89 @@
+"""Figures that remember how they were made: PNG with a "parameters" text chunk and a JSON sidecar.
+
+    save_figure(fig, FIGURES / "02_cat_overlay.png", run=run)          # params read from the trace
+    save_figure(fig, path, params={"prompt": ..., "seed": 0}, formats=("png", "svg"))
+
+The PNG carries the generation parameters in a tEXt chunk named ``parameters`` (in the spirit of
+AUTOMATIC1111's) and ``sdexplore`` (the same as JSON); ``<stem>.json`` beside it holds the same record.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import diffusers
+from matplotlib.figure import Figure
+from PIL import Image, PngImagePlugin
+
+FORMATS = ("png", "svg", "pdf")
+RUN_KEYS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "strength", "scheduler",
+            "model")
+
+
+def figure_params(run=None, params: dict | None = None) -> dict:
+    """The record a figure carries: the run's generation parameters (if any), ``params``, and versions."""
+    from . import __version__
+
+    record = {}
+    if run is not None:
+        record.update({key: run.params.get(key) for key in RUN_KEYS if run.params.get(key) is not None})
+    record.update(params or {})
+    record["versions"] = {"sdexplore": __version__, "diffusers": diffusers.__version__}
+    return record
+
+
+def parameters_text(record: dict) -> str:
+    """One line per field, "key: value", as the PNG's ``parameters`` chunk shows it."""
+    return "\n".join(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}"
+                     for key, value in record.items())
+
+
+def save_figure(figure: Figure, path: str | os.PathLike, *, run=None, params: dict | None = None,
+                formats=("png",), dpi: int = 120) -> Path:
+    """Write ``figure`` to ``path`` (.png) with its record, plus the other ``formats``; returns the PNG's path."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"save_figure writes a .png path (other formats beside it via formats=), got {path.name}")
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ValueError(f"unknown figure formats {sorted(unknown)}; allowed: {FORMATS}")
+    record = figure_params(run, params)
+    record["figure"] = path.name
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", parameters_text(record))
+    info.add_text("sdexplore", json.dumps(record))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(io.BytesIO(buffer.getvalue())) as image:
+        _atomic_write(path, lambda handle: image.save(handle, format="PNG", pnginfo=info))
+    _atomic_write(path.with_suffix(".json"), lambda handle: handle.write(json.dumps(record, indent=2).encode()))
+    for extension in formats:
+        if extension != "png":
+            _atomic_write(path.with_suffix(f".{extension}"),
+                          lambda handle, ext=extension: figure.savefig(handle, format=ext, dpi=dpi))
+    return path
+
+
+def read_parameters(path: str | os.PathLike) -> dict:
+    """The record ``save_figure`` wrote into a PNG."""
+    with Image.open(path) as image:
+        text = image.text.get("sdexplore")
+    if text is None:
+        raise ValueError(f"{path} has no sdexplore parameters chunk (not written by save_figure)")
+    return json.loads(text)
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
