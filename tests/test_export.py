@@ -7,6 +7,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 import sdexplore
+import sdexplore.export
 from sdexplore.export import read_parameters, save_figure
 
 
@@ -35,4 +36,28 @@ def test_bad_paths_and_formats_are_refused_and_nothing_is_written(tmp_path):
         save_figure(_figure(), tmp_path / "fig.jpg")
     with pytest.raises(ValueError, match="allowed"):
         save_figure(_figure(), tmp_path / "fig.png", formats=("png", "bmp"))
+    assert not list(tmp_path.iterdir())
+
+
+def test_animations_are_written_as_gif_and_mp4_with_their_frames(tmp_path):
+    import imageio.v3 as iio
+    import numpy as np
+
+    frames = [np.full((16, 16, 3), 20 * i, dtype=np.uint8) for i in range(5)]
+    gif = sdexplore.export.save_animation(frames, tmp_path / "walk.gif", fps=4, scale=2, params={"walk": "test"})
+    read = iio.imread(gif, index=None)
+    assert read.shape[0] == 5 and read.shape[1:3] == (32, 32)
+    assert read[4].mean() > read[0].mean() + 50
+    assert json.loads((tmp_path / "walk.json").read_text())["frames"] == 5
+    mp4 = sdexplore.export.save_animation(frames, tmp_path / "walk.mp4", fps=4)
+    assert mp4.read_bytes()[4:8] == b"ftyp"
+
+
+def test_bad_animations_are_refused(tmp_path):
+    import numpy as np
+
+    with pytest.raises(ValueError, match="gif"):
+        sdexplore.export.save_animation([np.zeros((8, 8, 3), np.uint8)], tmp_path / "a.avi")
+    with pytest.raises(ValueError, match="at least one picture"):
+        sdexplore.export.save_animation([], tmp_path / "a.gif")
     assert not list(tmp_path.iterdir())
