@@ -136,7 +136,7 @@ def trace(pipe, prompt: str | list[str], *, seed: int, attention=False, attentio
         generator = torch.Generator(device=_generator_device(pipe)).manual_seed(seed)
         user_callback = kwargs.pop("callback_on_step_end", None)
         user_inputs = kwargs.pop("callback_on_step_end_tensor_inputs", None)
-        with tracing(pipe, attention=attention, **options) as recorder:
+        with tracing(pipe, attention=attention, **options) as recorder, _clip_skip_support(pipe, kwargs):
             callback, tensor_inputs = _chain_callbacks(recorder.callback, user_callback, user_inputs)
             output = pipe(prompt, generator=generator, callback_on_step_end=callback,
                           callback_on_step_end_tensor_inputs=tensor_inputs, **kwargs)
@@ -202,6 +202,27 @@ def _split_embeddings(embeds: torch.Tensor | None, first_record) -> tuple[torch.
         uncond, text = embeds.chunk(2)
         return uncond, text
     return None, embeds
+
+
+@contextlib.contextmanager
+def _clip_skip_support(pipe, kwargs: dict):
+    """Let diffusers' clip_skip find ``text_encoder.text_model`` with transformers >= 5.
+
+    transformers 5 flattened CLIPTextModel (its final_layer_norm is on the model itself), while
+    diffusers' encode_prompt still reads ``text_encoder.text_model.final_layer_norm``. For the run
+    only, the encoder answers ``text_model`` with itself (a plain attribute, not a submodule).
+    """
+    encoder = getattr(pipe, "text_encoder", None)
+    needed = (kwargs.get("clip_skip") is not None and encoder is not None
+              and not hasattr(encoder, "text_model") and hasattr(encoder, "final_layer_norm"))
+    if not needed:
+        yield
+        return
+    encoder.__dict__["text_model"] = encoder
+    try:
+        yield
+    finally:
+        encoder.__dict__.pop("text_model", None)
 
 
 def _check_attention(attention, options) -> dict:
