@@ -94,7 +94,8 @@ def _check_load_arguments(model, device, dtype):
         try:
             device = torch.device(device)
         except (RuntimeError, ValueError) as error:
-            raise ValueError(f"device {device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1', 'mps')") from error
+            raise ValueError(f"device {device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1', 'mps')") \
+                from error
     if dtype is not None:
         names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
                  "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}

@@ -52,7 +52,8 @@ def token_table(tokenizer, prompt: str, *, warn: bool = True) -> list[Token]:
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a string, got {type(prompt).__name__} {prompt!r:.60}")
     if not callable(tokenizer) or not hasattr(tokenizer, "convert_ids_to_tokens"):
-        raise TypeError(f"tokenizer must be a transformers tokenizer (e.g. pipe.tokenizer), got {type(tokenizer).__name__}")
+        raise TypeError("tokenizer must be a transformers tokenizer (e.g. pipe.tokenizer), "
+                        f"got {type(tokenizer).__name__}")
     max_length = getattr(tokenizer, "model_max_length", MAX_TOKENS)
     if not isinstance(max_length, int) or max_length > 10_000:
         max_length = MAX_TOKENS

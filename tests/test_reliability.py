@@ -1,6 +1,5 @@
-"""No silent wrong trace: inputs used as meant or refused, keywords checked, threads serialised, tiny builds reproducible."""
+"""No silent wrong trace: inputs used as meant or refused, keywords checked, threads serialised, same tiny builds."""
 
-import hashlib
 import json
 import math
 import subprocess
@@ -374,3 +373,183 @@ def test_bpe_merges_are_deterministic_and_every_word_is_one_token():
     assert all(len(tokenizer(word, add_special_tokens=False).input_ids) == 1 for word in TINY_WORDS)
     odd = tokenizer("bozuman", add_special_tokens=False).input_ids
     assert len(odd) > 1 and tokenizer.unk_token_id not in odd
+
+
+# --- property-style tables: malformed values of each argument of each public function -------------------------
+
+NAN, INF = math.nan, math.inf
+
+
+def clear_error(call, argument: str, kinds=(TypeError, ValueError)):
+    """``call`` must fail with one of ``kinds`` whose message names ``argument``: never a deep crash."""
+    with pytest.raises(Exception) as info:  # noqa: B017 - the kind is checked below, with the message
+        call()
+    assert isinstance(info.value, kinds), f"{type(info.value).__name__}: {info.value}"
+    assert argument in str(info.value), str(info.value)
+    return info.value
+
+
+TRACE_ARGUMENTS = [
+    ("prompt", dict(prompt=3)), ("prompt", dict(prompt=[])), ("prompt", dict(prompt=["a cat", 2])),
+    ("prompt", dict(prompt=None)), ("prompt", dict(prompt=b"a cat")),
+    ("seed", dict(seed=-1)), ("seed", dict(seed=2**63)), ("seed", dict(seed=1.5)), ("seed", dict(seed="0")),
+    ("seed", dict(seed=None)), ("seed", dict(seed=True)), ("seed", dict(seed=NAN)),
+    ("attention", dict(attention="yes")), ("attention", dict(attention=2)), ("attention", dict(attention=None)),
+    ("attention_options", dict(attention=True, attention_options="summed")),
+    ("keep", dict(attention=True, attention_options={"keep": "all"})),
+    ("keeep", dict(attention=True, attention_options={"keeep": "summed"})),
+    ("attention_options", dict(attention_options={"keep": "summed"})),
+    ("num_inference_steps", dict(num_inference_steps=0)), ("num_inference_steps", dict(num_inference_steps=-3)),
+    ("num_inference_steps", dict(num_inference_steps=2.5)), ("num_inference_steps", dict(num_inference_steps="4")),
+    ("num_inference_steps", dict(num_inference_steps=NAN)), ("num_inference_steps", dict(num_inference_steps=10**6)),
+    ("num_inference_steps", dict(num_inference_steps=None)),
+    ("guidance_scale", dict(guidance_scale="7.5")), ("guidance_scale", dict(guidance_scale=NAN)),
+    ("guidance_scale", dict(guidance_scale=-INF)), ("guidance_scale", dict(guidance_scale=None)),
+    ("strength", dict(image=picture(), strength=0)), ("strength", dict(image=picture(), strength=-0.5)),
+    ("strength", dict(image=picture(), strength=1.5)), ("strength", dict(image=picture(), strength=NAN)),
+    ("strength", dict(image=picture(), strength="0.5")),
+    ("height", dict(height=60)), ("height", dict(height=0)), ("height", dict(height=-64)),
+    ("width", dict(width=64.0)), ("width", dict(width="64")),
+    ("negative_prompt", dict(negative_prompt=3)), ("negative_prompt", dict(negative_prompt=["a", "b"])),
+    ("num_images_per_prompt", dict(num_images_per_prompt=0)),
+    ("num_images_per_prompt", dict(num_images_per_prompt=1.5)),
+    ("latents", dict(latents=torch.zeros(1, 4, 16, 16))), ("latents", dict(latents=torch.full((1, 4, 8, 8), NAN))),
+    ("latents", dict(latents=[[0.0]])), ("latents", dict(latents=torch.zeros(4, 8, 8))),
+    ("prompt_embeds", dict(prompt=None, prompt_embeds=torch.zeros(1, 77, 16))),
+    ("prompt_embeds", dict(prompt=None, prompt_embeds=torch.full((1, 77, 32), INF))),
+    ("prompt_embeds", dict(prompt=None, prompt_embeds=torch.zeros(77, 32))),
+    ("prompt_embeds", dict(prompt_embeds=torch.zeros(1, 77, 32))),
+    ("negative_prompt_embeds", dict(prompt=None, prompt_embeds=torch.zeros(1, 77, 32),
+                                    negative_prompt_embeds=torch.zeros(2, 77, 32))),
+    ("output_type", dict(output_type="png")), ("output_type", dict(output_type=None)),
+    ("clip_skip", dict(clip_skip=-1)), ("clip_skip", dict(clip_skip=10)), ("clip_skip", dict(clip_skip="1")),
+    ("guidance_rescale", dict(guidance_rescale=2.0)), ("guidance_rescale", dict(guidance_rescale=NAN)),
+    ("eta", dict(eta=-1.0)), ("eta", dict(eta="0")),
+    ("cross_attention_kwargs", dict(cross_attention_kwargs="scale=1")),
+    ("callback_on_step_end", dict(callback_on_step_end=3)),
+    ("return_dict", dict(return_dict="no")),
+    ("timesteps", dict(timesteps=[999, 500], num_inference_steps=2)), ("timesteps", dict(timesteps=[])),
+    ("timesteps", dict(timesteps=[999, NAN])),
+    ("generator", dict(generator=torch.Generator())),
+    ("mask_image", dict(mask_image=Image.new("L", (64, 64)))),
+]
+
+
+@pytest.mark.parametrize("argument,kwargs", TRACE_ARGUMENTS,
+                         ids=[f"{a}-{i}" for i, (a, _) in enumerate(TRACE_ARGUMENTS)])
+def test_trace_refuses_malformed_arguments_clearly(tiny, argument, kwargs):
+    kwargs = dict(kwargs)
+    prompt, seed = kwargs.pop("prompt", PROMPT), kwargs.pop("seed", 0)
+    if "timesteps" not in kwargs:
+        kwargs.setdefault("num_inference_steps", 2)
+    clear_error(lambda: sdexplore.trace(tiny, prompt, seed=seed, **kwargs), argument)
+    assert hooks_of(tiny)[:3] == (0, 0, False)
+
+
+@pytest.mark.parametrize("pipe", [None, "tiny", 3, torch.nn.Linear(2, 2)])
+def test_trace_and_tracing_refuse_what_is_not_a_pipeline(pipe):
+    clear_error(lambda: sdexplore.trace(pipe, PROMPT, seed=0), "pipe")
+    clear_error(lambda: sdexplore.tracing(pipe).__enter__(), "pipe")
+
+
+def test_numpy_scalars_are_used_as_the_numbers_they_are(tiny):
+    plain = run(tiny, seed=3, num_inference_steps=3, guidance_scale=5.0)
+    numpy = run(tiny, seed=np.int64(3), num_inference_steps=np.int32(3), guidance_scale=np.float32(5.0))
+    assert same_run(plain, numpy) and json.dumps(numpy.params)
+
+
+def test_an_empty_prompt_and_a_one_step_run_are_correct_results(tiny):
+    traced = run(tiny, prompt="", num_inference_steps=1)
+    assert traced.num_steps == 1 and [t.kind for t in traced.tokens[0][:2]] == ["start", "end"]
+
+
+def test_to_trace_refuses_malformed_arguments_clearly(tiny):
+    with sdexplore.tracing(tiny) as rec:
+        output = tiny(PROMPT, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                      callback_on_step_end=rec.callback)
+    clear_error(lambda: rec.to_trace(output, prompt=3, seed=0), "prompt")
+    clear_error(lambda: rec.to_trace(output, prompt=PROMPT, seed=-1), "seed")
+    clear_error(lambda: rec.to_trace(output, prompt=PROMPT, seed="0"), "seed")
+    clear_error(lambda: rec.to_trace(output, prompt=PROMPT, seed=0, params="steps=2"), "params")
+    clear_error(lambda: rec.to_trace(output, prompt=PROMPT, seed=0, inputs=[np.zeros(3)]), "inputs")
+    traced = rec.to_trace(output, prompt=PROMPT, seed=0, params={"odd": object()})
+    assert isinstance(traced.params["odd"], str) and json.dumps(traced.params)  # made JSON-safe, savable
+    clear_error(lambda: sdexplore.tracing(tiny, attention="maps").__enter__(), "attention")
+    with sdexplore.tracing(tiny) as empty:
+        pass
+    clear_error(lambda: empty.to_trace(None, prompt=PROMPT, seed=0), "nothing was recorded", kinds=(RuntimeError,))
+
+
+LOAD_ARGUMENTS = [
+    ("model", dict(model=None)), ("model", dict(model=3)), ("model", dict(model="")),
+    ("device", dict(device="gpu0")), ("device", dict(device=3)),
+    ("dtype", dict(dtype="int8")), ("dtype", dict(dtype=torch.int64)), ("dtype", dict(dtype=3)),
+    ("scheduler", dict(scheduler=3)), ("scheduler", dict(scheduler="heun")),
+]
+
+
+@pytest.mark.parametrize("argument,kwargs", LOAD_ARGUMENTS, ids=[f"{a}-{i}" for i, (a, _) in enumerate(LOAD_ARGUMENTS)])
+def test_load_pipeline_refuses_malformed_arguments_clearly(argument, kwargs):
+    kwargs = {"model": "tiny", **kwargs}
+    clear_error(lambda: sdexplore.load_pipeline(kwargs.pop("model"), **kwargs), argument)
+
+
+def test_load_pipeline_reads_dtype_and_device_names():
+    pipe = sdexplore.load_pipeline("tiny", device="cpu", dtype="float32")
+    assert pipe.unet.dtype == torch.float32 and pipe.device.type == "cpu"
+
+
+@pytest.fixture(scope="module")
+def saved_run(tiny):
+    return run(tiny, num_inference_steps=2)
+
+
+@pytest.mark.parametrize("path,argument", [(None, "path"), (3, "path"), ("", "path"), (b"run.st", "path")])
+def test_save_refuses_malformed_paths_clearly(saved_run, path, argument):
+    clear_error(lambda: saved_run.save(path), argument)
+
+
+def test_save_into_a_folder_and_load_of_wrong_things_are_clear(saved_run, tmp_path):
+    clear_error(lambda: saved_run.save(tmp_path), "is a folder")
+    clear_error(lambda: sdexplore.Trace.load(None), "path")
+    clear_error(lambda: sdexplore.Trace.load(tmp_path), "no trace file", kinds=(sdexplore.TraceFileError,))
+    (tmp_path / "notes.txt").write_text("not a trace")
+    clear_error(lambda: sdexplore.Trace.load(tmp_path / "notes.txt"), "not a readable trace file",
+                kinds=(sdexplore.TraceFileError,))
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    clear_error(lambda: sdexplore.Trace.load(tmp_path / "empty.safetensors"), "not a readable trace file",
+                kinds=(sdexplore.TraceFileError,))
+
+
+def test_token_table_refuses_malformed_arguments_and_handles_edge_prompts(tiny, saved_run):
+    clear_error(lambda: sdexplore.token_table(tiny.tokenizer, None), "prompt")
+    clear_error(lambda: sdexplore.token_table(tiny.tokenizer, ["a cat"]), "prompt")
+    clear_error(lambda: sdexplore.token_table(None, "a cat"), "tokenizer")
+    assert len(sdexplore.token_table(tiny.tokenizer, "")) == 77
+    assert len(sdexplore.token_table(tiny.tokenizer, "   \n\t ")) == 77
+    assert sdexplore.token_table(tiny.tokenizer, "ÄÖÜ 🐱 cat")[-1].kind == "padding"  # unknown bytes: sub-words
+    clear_error(lambda: saved_run.token_table(5), "prompt_index", kinds=(IndexError,))
+    clear_error(lambda: saved_run.token_table("0"), "prompt_index")
+
+
+PREVIEW_ARGUMENTS = [
+    ("step", dict(step=99), (IndexError,)), ("step", dict(step="0"), (TypeError,)),
+    ("step", dict(step=1.5), (TypeError,)), ("step", dict(step=None), (TypeError,)),
+    ("latent", dict(which="noise"), (ValueError,)), ("method", dict(method="jpeg"), (ValueError,)),
+    ("pipe=", dict(method="vae"), (ValueError,)), ("taesd=", dict(method="taesd"), (ValueError,)),
+    ("foo", dict(foo=1), (TypeError,)),
+]
+
+
+@pytest.mark.parametrize("argument,kwargs,kinds", PREVIEW_ARGUMENTS,
+                         ids=[f"{a}-{i}" for i, (a, _, _) in enumerate(PREVIEW_ARGUMENTS)])
+def test_preview_refuses_malformed_arguments_clearly(saved_run, argument, kwargs, kinds):
+    clear_error(lambda: saved_run.preview(**kwargs), argument, kinds=kinds)
+
+
+def test_studies_refuse_bad_pictures_through_trace(tiny):
+    from sdexplore.studies.img2img import strength_sweep
+
+    clear_error(lambda: strength_sweep(tiny, np.zeros((3, 64, 64), np.uint8), PROMPT, [0.5], [0],
+                                       num_inference_steps=2), "image")
+    clear_error(lambda: strength_sweep(tiny, picture(), PROMPT, [0.1], [0], num_inference_steps=4), "strength")

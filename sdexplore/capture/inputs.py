@@ -132,7 +132,8 @@ def check_path(path, name: str = "path") -> Path:
         raise ValueError(f"{name} is empty: give a file path such as 'run.safetensors'")
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{name} {str(path)!r} is a folder; give a file path such as {str(path / 'run.safetensors')!r}")
+        example = str(path / "run.safetensors")
+        raise ValueError(f"{name} {str(path)!r} is a folder; give a file path such as {example!r}")
     return path
 
 

@@ -262,7 +262,9 @@ def _check_inputs(inputs) -> dict[str, torch.Tensor]:
 
 
 def _output_images(output) -> list[Image.Image]:
-    """The pipeline's pictures as PIL, whatever output_type was: pil, np [B, H, W, 3], pt [B, 3, H, W]; none for latent."""
+    """The pipeline's pictures as PIL, whatever output_type was: pil, np [B, H, W, 3], pt [B, 3, H, W].
+
+    None for output_type="latent" (nothing was decoded; the latents are in the trace)."""
     images = output[0] if isinstance(output, tuple) else getattr(output, "images", None)
     if images is None:
         return []

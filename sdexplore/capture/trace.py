@@ -140,7 +140,8 @@ class Trace:
         try:
             return cls._from_saved(tensors, metadata)
         except (KeyError, TypeError, ValueError) as error:
-            raise TraceFileError(f"{path} is not a complete sdexplore trace: {type(error).__name__}: {error}") from error
+            message = f"{path} is not a complete sdexplore trace: {type(error).__name__}: {error}"
+            raise TraceFileError(message) from error
 
     @classmethod
     def _from_saved(cls, tensors: dict, metadata: dict) -> "Trace":
