@@ -164,6 +164,8 @@ def test_ambiguous_masks_are_refused(tiny):
         run(tiny, image=picture(), mask_image=np.zeros((64, 64, 3), np.uint8))
     with pytest.raises(ValueError, match="same size"):
         run(tiny, image=picture(), mask_image=np.zeros((32, 32), bool))
+    with pytest.raises(ValueError, match="would resize the picture and the mask"):
+        run(tiny, image=picture(), mask_image=np.zeros((64, 64), bool), height=32)
 
 
 def test_the_img2img_pipeline_without_a_picture_says_so(tiny, tiny_inpaint):

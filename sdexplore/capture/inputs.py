@@ -339,8 +339,8 @@ def _numpy_hwc(value: np.ndarray, name: str, *, channels: tuple, rule: str) -> n
         hint = ""
         if value.shape[0] in channels:
             hint = f" (channels first? numpy pictures are height x width x channels: np.transpose({name}, (1, 2, 0)))"
-        raise ValueError(f"{name} is {describe(value)}: {value.shape[-1]} channels is not allowed{hint}; "
-                         f"allowed: {rule}")
+        raise ValueError(f"{name} is {describe(value)}: its last axis (channels) has {value.shape[-1]} values, "
+                         f"not {' or '.join(map(str, channels))}{hint}; allowed: {rule}")
     return value
 
 
@@ -522,6 +522,11 @@ def _check_pictures(pipe, kwargs: dict, accepted: dict, batch: int, images_per_p
                 raise ValueError(f"mask_image holds {masks.count} masks for {pictures.count} picture(s): give one mask "
                                  "or one per picture")
             kwargs["mask_image"], inputs["mask_image"] = masks.for_pipeline, masks.stored
+        asked = (kwargs.get("width") or pictures.size[0], kwargs.get("height") or pictures.size[1])
+        if asked != pictures.size:
+            raise ValueError(f"height/width {asked[1]}x{asked[0]} differ from image's size {pictures.size[1]}x"
+                             f"{pictures.size[0]}: diffusers would resize the picture and the mask, and the trace "
+                             "would keep a picture that was not the one used; resize them yourself first")
     return inputs
 
 
