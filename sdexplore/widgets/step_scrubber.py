@@ -5,7 +5,8 @@
     scrubber                                        # in a notebook cell: the slider, three pictures, a caption
 
 It reads the trace only (no pipeline call). A move decodes at most one batch (x_t and x0 of the new step
-together, through ``sdexplore.decode``); decoded previews are kept per (step, which), so going back is free.
+together, through ``sdexplore.decode``); decoded previews and the pictures shown are kept per (step, which)
+(and per token for the attention overlay), so going back costs no decode and no drawing.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class StepScrubber(Explorer):
         self.method = method or ("vae" if pipe is not None else "approx")
         self.decoder = {"pipe": pipe, **decoder} if self.method == "vae" else decoder
         self.decodes = 0  # decode calls made so far (one per step first seen)
-        self._previews = LRU(cache_size)
+        self._previews = LRU(cache_size)  # (step, which) -> PIL picture
+        self._pngs = LRU(2 * cache_size)  # (step, which) or (step, "attention", positions) -> PNG bytes shown
         self.has_attention = run.attention is not None
         self.token_label, self.positions = self._resolve_token(token) if self.has_attention else ("", ())
         self.slider = widgets.IntSlider(value=0, min=0, max=run.num_steps - 1, description="step",
@@ -58,11 +60,12 @@ class StepScrubber(Explorer):
     def show(self) -> None:
         """Draw the slider's step: previews (decoded once per step), the token's map, the caption."""
         step = self.slider.value
-        previews = self.previews(step)
         for which in LATENTS:
-            self.pictures[which].value = png_bytes(previews[which])
+            self.pictures[which].value = self._png((step, which), lambda w=which: self.previews(step)[w])
         if self.has_attention:
-            self.attention_picture.value = png_bytes(overlay_picture(previews["x0"], self.attention_map(step)))
+            self.attention_picture.value = self._png(
+                (step, "attention", self.positions),
+                lambda: overlay_picture(self.previews(step)["x0"], self.attention_map(step)))
         self.caption.value = self.describe(step)
 
     def previews(self, step: int) -> dict:
@@ -97,6 +100,14 @@ class StepScrubber(Explorer):
         return text
 
     # --- helpers -------------------------------------------------------------------------------
+
+    def _png(self, key, picture) -> bytes:
+        """The PNG bytes of ``picture()`` (a PIL image), made once per key."""
+        png = self._pngs.get(key)
+        if png is None:
+            png = png_bytes(picture())
+            self._pngs.put(key, png)
+        return png
 
     def _attention_step(self, step: int) -> int | None:
         maps = self.run.attention
