@@ -378,3 +378,10 @@ def test_on_the_toy_model_the_judge_names_what_it_sees():
     assert "the judge sees: <b>cat (grey, center)</b>" in slider.caption.value
     slider.slider.value = 1.0
     assert "the judge sees: <b>kitten (grey, center)</b>" in slider.caption.value
+
+
+def test_values_that_cannot_run_from_the_start_show_their_error_and_no_picture(tiny, trace_calls):
+    explorer = SamplingExplorer(tiny, "", seed=0, num_inference_steps=2)
+    assert "prompt is empty" in explorer.error.value and explorer.picture.value == b"" and explorer.last_run is None
+    explorer.prompt.value = "a cat"
+    assert explorer.error.value == "" and explorer.picture.value[:4] == b"\x89PNG" and len(trace_calls) == 1
