@@ -385,3 +385,12 @@ def test_values_that_cannot_run_from_the_start_show_their_error_and_no_picture(t
     assert "prompt is empty" in explorer.error.value and explorer.picture.value == b"" and explorer.last_run is None
     explorer.prompt.value = "a cat"
     assert explorer.error.value == "" and explorer.picture.value[:4] == b"\x89PNG" and len(trace_calls) == 1
+
+
+def test_a_small_scrubber_cache_forgets_old_steps_and_decodes_them_again(attention_run):
+    scrubber = StepScrubber(attention_run, cache_size=2)  # room for one step's x_t and x0
+    for step in (1, 2, 0):
+        scrubber.slider.value = step
+    assert scrubber.decodes == 4 and len(scrubber._previews) == 2
+    assert np.array_equal(picture_of(scrubber.pictures["x_t"].value),
+                          np.asarray(attention_run.preview(0, "x_t", "approx")[0]))

@@ -70,7 +70,7 @@ class StepScrubber(Explorer):
 
     def previews(self, step: int) -> dict:
         """{"x_t": PIL, "x0": PIL} of one step; both decoded in one batch the first time, then from the cache."""
-        if (step, "x0") not in self._previews:
+        if any((step, which) not in self._previews for which in LATENTS):
             latents = [self.run.latent(step, which)[self.prompt_index: self.prompt_index + 1] for which in LATENTS]
             images = to_pil(decode(torch.cat(latents), self.method, **self.decoder),
                             upscale=8 if self.method == "approx" else 1)
