@@ -394,3 +394,16 @@ def test_a_small_scrubber_cache_forgets_old_steps_and_decodes_them_again(attenti
     assert scrubber.decodes == 4 and len(scrubber._previews) == 2
     assert np.array_equal(picture_of(scrubber.pictures["x_t"].value),
                           np.asarray(attention_run.preview(0, "x_t", "approx")[0]))
+
+
+def test_the_scrubber_reads_runs_made_from_embeddings_by_position(tiny):
+    from sdexplore.studies.interpolation import trace_interpolation
+
+    run = trace_interpolation(tiny, "a photo of a cat", "cat", "kitten", [0.5], seed=0, num_inference_steps=2,
+                              attention=True)[0]
+    scrubber = StepScrubber(run)
+    assert scrubber.positions == (1,) and "position 1" in scrubber.caption.value
+    scrubber.set_token([4, 5])
+    assert "position 4 + position 5" in scrubber.caption.value
+    with pytest.raises(ValueError, match="tokens are not known"):
+        scrubber.set_token("cat")
