@@ -29,6 +29,10 @@ def test_a_saved_figure_carries_the_runs_parameters(tiny, tmp_path):
     with Image.open(path) as image:
         assert "seed: 3" in image.text["parameters"]
     assert (tmp_path / "fig.svg").read_text().lstrip().startswith("<?xml")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("")  # written atomically, yet with the permissions of a file written the ordinary way
+    assert {(tmp_path / name).stat().st_mode & 0o777 for name in ("fig.png", "fig.json", "fig.svg")} == {
+        plain.stat().st_mode & 0o777}
 
 
 def test_bad_paths_and_formats_are_refused_and_nothing_is_written(tmp_path):
