@@ -23,7 +23,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# The notebooks with widgets, run in a real JupyterLab driven by headless Chromium (tests_browser/README).
+# The notebooks with widgets, used in a real JupyterLab driven by headless Chromium (tests_browser/).
 # Installs Debian's chromium when it is missing (no browser download: Playwright launches /usr/bin/chromium)
 # and the browser extra (playwright) into the venv. Screenshots land in browser-screenshots/.
 CHROMIUM := /usr/bin/chromium
