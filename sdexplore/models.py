@@ -28,6 +28,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from .notices import quiet_loading
 from .tokenizer import build_clip_tokenizer
 
 SCHEDULERS = {
@@ -69,12 +70,13 @@ def load_pipeline(
     if scheduler is not None:
         scheduler_class(scheduler)  # fail before any loading work
     name = str(model)
-    if name in TINY_KINDS:
-        pipe = tiny_pipeline(name)
-    elif name == "toy":
-        pipe = _load_toy()
-    else:
-        pipe = _from_pretrained(name)
+    with quiet_loading():
+        if name in TINY_KINDS:
+            pipe = tiny_pipeline(name)
+        elif name == "toy":
+            pipe = _load_toy()
+        else:
+            pipe = _from_pretrained(name)
     if scheduler is not None:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

@@ -76,6 +76,36 @@ def token_table(tokenizer, prompt: str, *, warn: bool = True) -> list[Token]:
     return tokens
 
 
+@dataclass(frozen=True)
+class TokenGroup:
+    """Tokens that belong together in the table: the start token, one word (its sub-words), the end token, or all
+    the padding. label: "<start>", the word, "<end>" or "<pad>"; pieces: each token's text without "</w>"."""
+
+    kind: str
+    label: str
+    positions: tuple[int, ...]
+    pieces: tuple[str, ...]
+
+
+def token_groups(tokens: list[Token]) -> list[TokenGroup]:
+    """The table's visible tokens (< 77) grouped: start, each word with its sub-words (in order), end, padding."""
+    groups: list[TokenGroup] = []
+    labels = {"start": "<start>", "end": "<end>", "padding": "<pad>"}
+    previous: Token | None = None
+    for token in (t for t in tokens if not t.truncated):
+        piece = token.text.removesuffix("</w>")
+        same_word = token.kind == "word" and previous is not None and previous.kind == "word" \
+            and previous.word_index == token.word_index
+        if same_word or (token.kind == "padding" and previous is not None and previous.kind == "padding"):
+            last = groups[-1]
+            groups[-1] = TokenGroup(last.kind, last.label, last.positions + (token.position,), last.pieces + (piece,))
+        else:
+            label = token.word if token.kind == "word" else labels[token.kind]
+            groups.append(TokenGroup(token.kind, label, (token.position,), (piece,)))
+        previous = token
+    return groups
+
+
 def word_positions(tokens: list[Token], word: str) -> list[int]:
     """Positions (< 77) of every sub-word token of every occurrence of ``word``.
 
