@@ -54,7 +54,7 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, request):
+def page(browser, lab, request):
     """A fresh browser page (1280 wide); its console errors are kept for the failure report."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     new_page = context.new_page()
@@ -67,6 +67,7 @@ def page(browser, request):
         yield new_page
     finally:
         context.close()
+        lab.shut_down_kernels()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -92,7 +92,7 @@ def accept_kernel_choice(page: Page) -> bool:
 def open_notebook(page: Page, url: str, timeout_s: float = 120, settle_s: float = 2.0) -> None:
     """Open a notebook URL, accept the kernel choice if asked, wait for an idle kernel; hide the file browser."""
     page.goto(url)
-    page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(timeout=timeout_s * 1000)
+    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell").first.wait_for(timeout=timeout_s * 1000)
     deadline, idle_since = time.monotonic() + timeout_s, None
     while idle_since is None or time.monotonic() - idle_since < settle_s:
         accepted = accept_kernel_choice(page)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 LAB_SETTINGS = {
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
-    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none", "scrollPastEnd": False},
 }
 
 
@@ -79,6 +79,11 @@ class JupyterLab:
     def _request(self, path: str, method: str = "GET") -> urllib.request.Request:
         url = f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
         return urllib.request.Request(url, method=method, headers={"Authorization": f"token {self.token}"})
+
+    def shut_down_kernels(self) -> None:
+        """End every kernel the server runs (a finished notebook's kernel would otherwise keep its memory)."""
+        for kernel in self.api("api/kernels"):
+            urllib.request.urlopen(self._request(f"api/kernels/{kernel['id']}", method="DELETE"), timeout=30).close()
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else "(no log written)"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def test_some_notebooks_have_widgets():
 def test_notebook_reads_and_responds_in_jupyterlab(notebook, lab, page):
     SCREENSHOTS.mkdir(exist_ok=True)
     screenshot = SCREENSHOTS / f"{notebook.stem}.png"
-    open_notebook(page, lab.url(f"lab/tree/notebooks/{notebook.name}"))
+    open_notebook(page, lab.url(f"lab/tree/notebooks/{notebook.name}?reset"))
     try:
         run_all_cells(page)
         wait_until_executed(page, len(code_cells(notebook)), timeout_s=RUN_ALL_TIMEOUT_S)
@@ -93,26 +94,54 @@ def stderr_problems(cells) -> list[str]:
 
 
 def widget_problems(page, name: str) -> list[str]:
-    """(c) Each widget with a slider: one keyboard step changes its picture's bytes and its caption."""
+    """(c) Every slider of every widget: one keyboard step changes the widget's picture bytes and its caption."""
     outputs = widget_outputs(page)
     if not outputs:
         return [f"{name} builds widgets but the page shows no ipywidgets slider"]
     problems = []
     for number, output in enumerate(outputs):
         sliders = enabled_sliders(output)
-        pictures, texts = image_digests(output), captions(output)
-        if not sliders or not pictures:
-            problems.append(f"widget {number}: {len(sliders)} movable sliders, {len(pictures)} pictures")
+        if not sliders or not image_digests(output):
+            problems.append(f"widget {number}: {len(sliders)} movable sliders, {len(image_digests(output))} pictures")
             continue
-        before, after = nudge(sliders[0])
-        if before == after:
-            problems.append(f"widget {number}: the slider did not move with the keyboard (value {before!r})")
-            continue
-        new_pictures = wait_for_change(lambda output=output: image_digests(output), pictures, WIDGET_TIMEOUT_S)
-        new_texts = wait_for_change(lambda output=output: captions(output), texts, 10)
-        print(f"widget {number}: slider {before} -> {after}; captions {texts} -> {new_texts}")
-        if new_pictures == pictures:
-            problems.append(f"widget {number}: slider {before} -> {after} left the picture's bytes unchanged")
-        if new_texts == texts:
-            problems.append(f"widget {number}: slider {before} -> {after} left the caption unchanged: {texts}")
+        for handle in sliders:
+            problems += slider_problems(f"widget {number}, slider {handle_name(handle)!r}", output, handle)
     return problems
+
+
+def slider_problems(where: str, output, handle) -> list[str]:
+    """Nudge one slider; its widget's pictures and caption must change, then settle before the next move."""
+    def state():
+        return image_digests(output), captions(output)
+
+    pictures, texts = wait_until_settled(state)
+    before, after = nudge(handle)
+    if before == after:
+        return [f"{where}: the slider did not move with the keyboard (value {before!r})"]
+    new_pictures = wait_for_change(lambda: image_digests(output), pictures, WIDGET_TIMEOUT_S)
+    new_texts = wait_for_change(lambda: captions(output), texts, 10)
+    print(f"{where}: {before} -> {after}; captions {texts} -> {new_texts}")
+    problems = []
+    if new_pictures == pictures:
+        problems.append(f"{where}: {before} -> {after} left the picture's bytes unchanged")
+    if new_texts == texts:
+        problems.append(f"{where}: {before} -> {after} left the caption unchanged: {texts}")
+    return problems
+
+
+def handle_name(handle) -> str:
+    """The slider's description label ('guidance', 'step', 'α')."""
+    return handle.evaluate("h => h.closest('.widget-slider')?.querySelector('.widget-label')?.innerText || ''")
+
+
+def wait_until_settled(read, quiet_s: float = 1.5):
+    """Read until two reads ``quiet_s`` apart agree (a run still drawing its progress is left to finish)."""
+    previous = read()
+    deadline = time.monotonic() + WIDGET_TIMEOUT_S
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = read()
+        if now == previous:
+            return now
+        previous = now
+    return previous
