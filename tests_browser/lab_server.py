@@ -51,6 +51,7 @@ class JupyterLab:
         env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(home / "runtime"), JUPYTER_CONFIG_DIR=str(home / "config"),
                    JUPYTER_DATA_DIR=str(home / "data"),
                    IPYTHONDIR=str(home / "ipython"), PYTHONUNBUFFERED="1")
+        env.setdefault("SDEXPLORE_CACHE", str(home / "cache"))  # a sweep two notebooks share is computed once
         env.pop("MPLBACKEND", None)  # the kernels draw figures as a reader's kernel does, with Jupyter's own backend
         command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
                    "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
