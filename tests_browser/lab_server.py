@@ -53,7 +53,7 @@ class JupyterLab:
                    IPYTHONDIR=str(home / "ipython"), PYTHONUNBUFFERED="1")
         env.setdefault("SDEXPLORE_CACHE", str(home / "cache"))  # a sweep two notebooks share is computed once
         env.pop("MPLBACKEND", None)  # the kernels draw figures as a reader's kernel does, with Jupyter's own backend
-        command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+        command = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
                    "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
                    f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={home / 'workspaces'}",
                    "--ServerApp.terminals_enabled=False"] + (["--allow-root"] if os.geteuid() == 0 else [])
