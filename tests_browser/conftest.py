@@ -7,10 +7,12 @@ On a failure the report carries the JupyterLab log and the browser's console err
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 from lab_server import JupyterLab
+from notebook_source import SCREENSHOTS
 from playwright.sync_api import sync_playwright
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,6 +24,7 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-q
 LOG_TAIL_CHARS = 20_000
 LAB_KEY = pytest.StashKey[JupyterLab]()
 CONSOLE_KEY = pytest.StashKey[list]()
+STARTED_KEY = pytest.StashKey[float]()
 
 
 @pytest.fixture(scope="session")
@@ -84,3 +87,17 @@ def pytest_runtest_makereport(item, call):
     console = item.stash.get(CONSOLE_KEY, None)
     if console:
         report.sections.append(("browser console errors", "\n".join(console[-50:])))
+
+
+def pytest_sessionstart(session):
+    session.config.stash[STARTED_KEY] = time.time()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Name the screenshots this run saved, so a person can look at them."""
+    started = config.stash.get(STARTED_KEY, 0.0)
+    shots = [p for p in sorted(SCREENSHOTS.glob("*.png")) if p.stat().st_mtime >= started]
+    if shots:
+        terminalreporter.write_sep("-", "screenshots of the notebooks as JupyterLab showed them")
+        for shot in shots:
+            terminalreporter.write_line(str(shot))

@@ -13,6 +13,7 @@ from pathlib import Path
 import nbformat
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+SCREENSHOTS = NOTEBOOKS_DIR.parent / "browser-screenshots"  # git-ignored: what the browser test saw, for a person
 
 # A code cell that imports sdexplore's widgets or builds one (SamplingExplorer(...), StepScrubber(...), a slider ...).
 WIDGET_PATTERN = re.compile(r"sdexplore\.widgets|\b\w*(Explorer|Slider|Scrubber|Picker)\(")

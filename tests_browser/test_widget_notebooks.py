@@ -28,10 +28,9 @@ from lab_page import (
     wait_until_executed,
     widget_outputs,
 )
-from notebook_source import code_cells, widget_notebooks
+from notebook_source import SCREENSHOTS, code_cells, widget_notebooks
 
 NOTEBOOKS = widget_notebooks()
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "browser-screenshots"
 RUN_ALL_TIMEOUT_S = float(os.environ.get("SDEXPLORE_BROWSER_RUN_TIMEOUT", 600))
 ERROR_LINE = re.compile(r"^\w*(Error|Exception)\b")  # an error output's last line: "ValueError: ..."
 PROGRESS_LINE = re.compile(r"\d+%\|.*\||\d+/\d+ \[")  # tqdm: " 40%|████      | 2/5 [00:01<00:02, ...]"
