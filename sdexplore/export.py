@@ -204,6 +204,13 @@ def _mp4_bytes(stack, fps: float) -> bytes:
         Path(tmp).unlink(missing_ok=True)
 
 
+def file_mode() -> int:
+    """0o666 less the process umask: what a file created with open() gets (mkstemp's files are 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _write_json(path: Path, record: dict) -> None:
     """Strict JSON (no NaN/Infinity tokens), written atomically."""
     text = json.dumps(record, indent=2, allow_nan=False)
@@ -211,10 +218,12 @@ def _write_json(path: Path, record: dict) -> None:
 
 
 def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file renamed into place, with the permissions a plain open() would give."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

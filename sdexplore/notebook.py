@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-INLINE_DPI = 90  # small enough for notebooks committed with their outputs, sharp enough to read
+INLINE_DPI = 80  # small enough for notebooks committed with their outputs, sharp enough to read
 
 
 def figure_png(figure, dpi: int = INLINE_DPI) -> bytes:
@@ -147,10 +147,13 @@ def _write_notebook(notebook, path: Path) -> None:
     """Atomically: a notebook is never left half-written."""
     import nbformat
 
+    from .export import file_mode
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         nbformat.write(notebook, tmp)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
