@@ -3,7 +3,7 @@
 Goals from issue 10 (toy model, 2 CPU cores): a cached move (values already seen) <= 50 ms, a StepScrubber
 move <= 50 ms, a new SamplingExplorer run <= 1.5 s. Measured through the widgets' own controls: setting a
 control's value runs the same observer a browser's move runs (the comm round trip to the browser excluded).
-    python benchmarks/bench_widgets.py [--model toy] [--steps 25] [--repeats 7]
+    python benchmarks/bench_widgets.py [--model toy] [--steps 25] [--repeats 7] [--threads N]
 """
 
 from __future__ import annotations
@@ -72,7 +72,10 @@ def main() -> None:
     parser.add_argument("--model", default="toy")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     pipe = sdexplore.load_pipeline(args.model)
     print(f"machine: {machine()}")
     print(f"model={args.model} steps={args.steps} cfg=7.5 (first run warms up, not counted)")

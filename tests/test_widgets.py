@@ -378,3 +378,32 @@ def test_on_the_toy_model_the_judge_names_what_it_sees():
     assert "the judge sees: <b>cat (grey, center)</b>" in slider.caption.value
     slider.slider.value = 1.0
     assert "the judge sees: <b>kitten (grey, center)</b>" in slider.caption.value
+
+
+def test_values_that_cannot_run_from_the_start_show_their_error_and_no_picture(tiny, trace_calls):
+    explorer = SamplingExplorer(tiny, "", seed=0, num_inference_steps=2)
+    assert "prompt is empty" in explorer.error.value and explorer.picture.value == b"" and explorer.last_run is None
+    explorer.prompt.value = "a cat"
+    assert explorer.error.value == "" and explorer.picture.value[:4] == b"\x89PNG" and len(trace_calls) == 1
+
+
+def test_a_small_scrubber_cache_forgets_old_steps_and_decodes_them_again(attention_run):
+    scrubber = StepScrubber(attention_run, cache_size=2)  # room for one step's x_t and x0
+    for step in (1, 2, 0):
+        scrubber.slider.value = step
+    assert scrubber.decodes == 4 and len(scrubber._previews) == 2
+    assert np.array_equal(picture_of(scrubber.pictures["x_t"].value),
+                          np.asarray(attention_run.preview(0, "x_t", "approx")[0]))
+
+
+def test_the_scrubber_reads_runs_made_from_embeddings_by_position(tiny):
+    from sdexplore.studies.interpolation import trace_interpolation
+
+    run = trace_interpolation(tiny, "a photo of a cat", "cat", "kitten", [0.5], seed=0, num_inference_steps=2,
+                              attention=True)[0]
+    scrubber = StepScrubber(run)
+    assert scrubber.positions == (1,) and "position 1" in scrubber.caption.value
+    scrubber.set_token([4, 5])
+    assert "position 4 + position 5" in scrubber.caption.value
+    with pytest.raises(ValueError, match="tokens are not known"):
+        scrubber.set_token("cat")

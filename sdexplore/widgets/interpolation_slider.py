@@ -19,7 +19,7 @@ import numpy as np
 
 from ..models import TOY_WEIGHTS
 from ..studies.interpolation import MODES, single_token_id, trace_interpolation, trace_prompt_interpolation
-from .common import Explorer, error_html, picture_box, png_bytes
+from .common import LRU, Explorer, error_html, picture_box, png_bytes
 
 
 class InterpolationSlider(Explorer):
@@ -27,12 +27,13 @@ class InterpolationSlider(Explorer):
     (Trace, PNG bytes, judge's label); ``runs`` counts the pipeline runs made.
 
     judge: None (on when ``pipe`` is the toy model), True or False. count: how many α values the slider has.
+    cache_size: how many (mode, α) results are kept (least recently shown forgotten first).
     """
 
     def __init__(self, pipe, prompt: str, word_a: str | None = None, word_b: str | None = None, *, seed: int,
                  mode: str = "lerp", target_prompt: str | None = None, count: int = 17, judge: bool | None = None,
                  num_inference_steps: int = 25, guidance_scale: float = 7.5, display_width: int = 192,
-                 **pipeline_kwargs):
+                 cache_size: int = 34, **pipeline_kwargs):
         self.pipe, self.prompt, self.word_a, self.word_b, self.target_prompt = pipe, prompt, word_a, word_b, \
             target_prompt
         self._check_choice(pipe, prompt, word_a, word_b, target_prompt, mode, count)
@@ -40,7 +41,7 @@ class InterpolationSlider(Explorer):
         self.pipeline_kwargs = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
                                 **pipeline_kwargs}
         self.judge = _is_toy(pipe) if judge is None else bool(judge)
-        self.cache: dict = {}
+        self.cache = LRU(cache_size)
         self.runs = 0
         self.last_run = None
         ends = (word_a, word_b) if target_prompt is None else (prompt, target_prompt)
@@ -63,8 +64,10 @@ class InterpolationSlider(Explorer):
         """Show the picture at the slider's α (run once per (mode, α)); on failure keep the last one, say why."""
         key = (self.mode.value, round(float(self.slider.value), 6))
         try:
-            if key not in self.cache:
-                self.cache[key] = self._compute(*key)
+            result = self.cache.get(key)
+            if result is None:
+                result = self._compute(*key)
+                self.cache.put(key, result)
             else:
                 self.progress.value, self.progress.bar_style = self.progress.max, "success"
         except Exception as error:  # noqa: BLE001 -- shown in the widget; the picture stays the last good one
@@ -72,7 +75,7 @@ class InterpolationSlider(Explorer):
             self.progress.bar_style = "danger"
             return
         self.error.value = ""
-        self.last_run, png, label = self.cache[key]
+        self.last_run, png, label = result
         self.picture.value = png
         judged = f" · the judge sees: <b>{label}</b>" if label else ""
         what = f"{self.word_a!r} → {self.word_b!r}" if self.target_prompt is None else "prompt A → prompt B"

@@ -70,7 +70,7 @@ class StepScrubber(Explorer):
 
     def previews(self, step: int) -> dict:
         """{"x_t": PIL, "x0": PIL} of one step; both decoded in one batch the first time, then from the cache."""
-        if (step, "x0") not in self._previews:
+        if any((step, which) not in self._previews for which in LATENTS):
             latents = [self.run.latent(step, which)[self.prompt_index: self.prompt_index + 1] for which in LATENTS]
             images = to_pil(decode(torch.cat(latents), self.method, **self.decoder),
                             upscale=8 if self.method == "approx" else 1)
@@ -114,9 +114,13 @@ class StepScrubber(Explorer):
         return step if maps.keep != "summed" and maps.num_steps == self.run.num_steps else None
 
     def _resolve_token(self, token) -> tuple[str, tuple[int, ...]]:
-        """(label, positions) of a word, a position or positions; None: the word taking the most attention."""
+        """(label, positions) of a word, a position or positions; None: the word taking the most attention
+        (position 1 when the run was made from embeddings and its tokens are not known)."""
         maps = self.run.attention
+        known = bool(maps.tokens)
         if token is None:
+            if not known:
+                return "position 1", (1,)
             best = most_attended_word(maps, self.prompt_index)
             return repr(best.label), best.positions
         if isinstance(token, str):
@@ -125,7 +129,7 @@ class StepScrubber(Explorer):
         for position in positions:
             if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position < maps.num_tokens:
                 raise ValueError(f"token positions must be ints in 0..{maps.num_tokens - 1}, got {token!r}")
-        labels = maps.token_labels(self.prompt_index)
+        labels = maps.token_labels(self.prompt_index) if known else [f"position {p}" for p in range(maps.num_tokens)]
         return " + ".join(labels[p] for p in positions[:3]) + (" …" if len(positions) > 3 else ""), positions
 
 
