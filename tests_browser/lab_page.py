@@ -107,15 +107,32 @@ def open_notebook(page: Page, url: str, timeout_s: float = 120, settle_s: float 
         current_left_tab.first.click()  # collapse the file browser: more room for the notebook
 
 
+def menu(page: Page, menu_name: str, item: str) -> None:
+    """Click ``menu_name`` in the menu bar, then ``item`` in the menu it opens."""
+    page.locator(".lm-MenuBar-item").filter(has_text=re.compile(f"^{re.escape(menu_name)}$")).first.click()
+    page.locator(".lm-Menu-itemLabel").filter(has_text=re.compile(f"^{re.escape(item)}$")).first.click()
+
+
+def clear_all_outputs(page: Page, timeout_s: float = 15) -> None:
+    """Edit ▸ Clear Outputs of All Cells: a notebook stored with its outputs shows no stale ``[n]:`` any more."""
+    menu(page, "Edit", "Clear Outputs of All Cells")
+    deadline = time.monotonic() + timeout_s
+    while any(c.executed or c.outputs for c in read_cells(page) if c.code):
+        if time.monotonic() > deadline:
+            raise AssertionError("Edit ▸ Clear Outputs of All Cells left outputs or execution counts")
+        time.sleep(0.25)
+
+
 def run_all_cells(page: Page, attempts: int = 3, start_timeout_s: float = 15) -> None:
-    """Run ▸ Run All Cells, from the menu bar; clicked again if no cell starts (the page may still be settling)."""
+    """Clear the stored outputs, then Run ▸ Run All Cells from the menu bar; clicked again if no cell starts."""
+    accept_kernel_choice(page)
+    clear_all_outputs(page)
     for _ in range(attempts):
         accept_kernel_choice(page)
         dialog = page.locator(".jp-Dialog")
         if dialog.count():
             raise AssertionError(f"a dialog is in the way of Run All: {dialog.first.inner_text()!r}")
-        page.locator(".lm-MenuBar-item").filter(has_text=re.compile(r"^Run$")).first.click()
-        page.locator(".lm-Menu-itemLabel").filter(has_text=re.compile(r"^Run All Cells$")).first.click()
+        menu(page, "Run", "Run All Cells")
         deadline = time.monotonic() + start_timeout_s
         while time.monotonic() < deadline:
             if any(c.prompt == "[*]:" or c.executed for c in read_cells(page) if c.code):
