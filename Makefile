@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup clean train-toy gates bench figures
+.PHONY: demo test test-browser setup clean train-toy gates bench figures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,24 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The notebooks with widgets, used in a real JupyterLab driven by headless Chromium (tests_browser/).
+# Installs Debian's chromium when it is missing (no browser download: Playwright launches /usr/bin/chromium)
+# and the browser extra (playwright) into the venv. Screenshots land in browser-screenshots/.
+CHROMIUM := /usr/bin/chromium
+BROWSER_STAMP := $(VENV)/.installed-browser
+SUDO := $(shell [ "$$(id -u)" -ne 0 ] && command -v sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium
+
+$(BROWSER_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e ".[browser]"
+	touch $(BROWSER_STAMP)
+
+test-browser: $(BROWSER_STAMP) $(CHROMIUM)
+	$(PY) -m pytest -q -p no:cacheprovider -o empty_parameter_set_mark=fail_at_collect tests_browser
 
 train-toy: $(STAMP)
 	$(PY) -m sdexplore.toy.train
