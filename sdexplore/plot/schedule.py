@@ -15,25 +15,29 @@ def plot_forward_noising(pictures, timesteps, signal, *, title: str | None = Non
     return plot_picture_grid({"amount →": list(pictures)}, titles, title=title)
 
 
-def plot_schedule(curves: dict, picked: dict, *, title: str | None = None) -> Figure:
-    """Left: √ᾱ_t and log10 SNR over the training timesteps. Right: the timesteps each (label) visits."""
-    figure = Figure(figsize=(10, 3.4), layout="constrained")
+def plot_schedule(schedules: dict, picked: dict, *, title: str | None = None) -> Figure:
+    """Left: √ᾱ_t over the training timesteps, one line per schedule ({label: ``schedule_curves`` result}),
+    with log10 SNR dashed on the right axis. Right: the timesteps each run (label) visits, one row each."""
+    figure = Figure(figsize=(11, 3.6), layout="constrained")
     left, right = figure.subplots(1, 2)
-    t = np.arange(len(curves["signal"]))
-    left.plot(t, np.asarray(curves["signal"]), label="√ᾱ_t: share of the image left")
     snr_axis = left.twinx()
-    with np.errstate(divide="ignore"):
-        snr_axis.plot(t, np.log10(np.asarray(curves["snr"], dtype=np.float64)), color="C1", label="log10 SNR")
-    snr_axis.set_ylabel("log10 SNR", color="C1")
+    for i, (label, curves) in enumerate(schedules.items()):
+        t = np.arange(len(curves["signal"]))
+        left.plot(t, np.asarray(curves["signal"]), color=f"C{i}", label=f"√ᾱ_t, {label}")
+        with np.errstate(divide="ignore"):
+            snr_axis.plot(t, np.log10(np.asarray(curves["snr"], dtype=np.float64)), color=f"C{i}", linestyle="--",
+                          linewidth=1, label=f"log10 SNR, {label}")
+    snr_axis.set_ylabel("log10 SNR (dashed)")
     left.set_xlabel("training timestep t")
-    left.set_ylabel("√ᾱ_t")
-    left.legend(fontsize=8, loc="lower left")
+    left.set_ylabel("√ᾱ_t: share of the image left")
+    left.legend(fontsize=7, loc="center left")
     for row, (label, timesteps) in enumerate(picked.items()):
         values = np.asarray(timesteps, dtype=np.float64)
-        right.scatter(values, np.full(len(values), row), s=6 if len(values) > 100 else 14)
+        right.scatter(values, np.full(len(values), row), s=4 if len(values) > 100 else 12)
     right.set_yticks(range(len(picked)), list(picked), fontsize=8)
     right.set_xlabel("training timestep visited")
-    right.set_xlim(-20, len(t) + 20)
+    right.set_xlim(-20, 1020)
+    right.invert_yaxis()
     if title:
         figure.suptitle(title, fontsize=10)
     return figure

@@ -167,3 +167,30 @@ def seam(picture, mask) -> float:
         across.append(step[crosses])
         within.append(step[~crosses])
     return float(np.concatenate(across).mean() / max(np.concatenate(within).mean(), 1e-6))
+
+
+def inpaint_seeds(pipe, image, mask, prompt: str, seeds, **pipeline_kwargs) -> dict[str, torch.Tensor]:
+    """``inpaint`` once per seed, measured.
+
+    Returns {"seeds": [S], "pictures": uint8 [S, H, W, 3] the inpainted pictures, "recomposited": uint8
+    [S, H, W, 3] after "mask again", "inpainted", "vae_floor", "repainted": [S] (see ``kept_region_error``),
+    "seam_inpainted", "seam_recomposited": [S] (see ``seam``)}.
+    """
+    seeds = [int(s) for s in seeds]
+    rows = {key: [] for key in ("pictures", "recomposited", "inpainted", "vae_floor", "repainted",
+                                "seam_inpainted", "seam_recomposited")}
+    for seed in seeds:
+        run = inpaint(pipe, image, mask, prompt, seed=seed, **pipeline_kwargs)
+        picture = np.asarray(run.images[0].convert("RGB"))
+        pasted = recomposite(picture, image, mask)
+        for key, value in kept_region_error(pipe, run, image, mask).items():
+            rows[key].append(value)
+        rows["pictures"].append(picture)
+        rows["recomposited"].append(pasted)
+        rows["seam_inpainted"].append(seam(picture, mask))
+        rows["seam_recomposited"].append(seam(pasted, mask))
+    result = {"seeds": torch.tensor(seeds)}
+    for key, values in rows.items():
+        result[key] = torch.from_numpy(np.stack(values)) if key in ("pictures", "recomposited") \
+            else torch.tensor(values, dtype=torch.float32)
+    return result
