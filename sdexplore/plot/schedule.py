@@ -31,7 +31,7 @@ def plot_schedule(schedules: dict, picked: dict, *, title: str | None = None) ->
     left.set_xlabel("training timestep t")
     left.set_ylabel("√ᾱ_t: share of the image left")
     left.legend(fontsize=7, loc="center left")
-    for row, (label, timesteps) in enumerate(picked.items()):
+    for row, timesteps in enumerate(picked.values()):
         values = np.asarray(timesteps, dtype=np.float64)
         right.scatter(values, np.full(len(values), row), s=4 if len(values) > 100 else 12)
     right.set_yticks(range(len(picked)), list(picked), fontsize=8)

@@ -166,3 +166,18 @@ def share_judged(judgements: list[dict], field: str, value: str) -> float:
         raise ValueError("no judgements given")
     return sum(j[field] == value for j in judgements) / len(judgements)
 
+
+
+def detail(pictures, where: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [..., H, W, 3] -> [...]: mean |Δpixel| / 255 between 4-neighbours (how much fine texture there is),
+    over the pixels ``where`` (bool [H, W], default all) selects."""
+    pixels = np.asarray(pictures, dtype=np.float32)
+    region = np.ones(pixels.shape[-3:-1], bool) if where is None else np.asarray(where, bool)
+    if region.shape != pixels.shape[-3:-1] or not region.any():
+        raise ValueError(f"where must be a bool [H, W] = {list(pixels.shape[-3:-1])} mask selecting some pixels")
+    steps = []
+    for axis in (-3, -2):
+        step = np.abs(np.diff(pixels, axis=axis)).mean(axis=-1) / 255
+        both = region[1:] & region[:-1] if axis == -3 else region[:, 1:] & region[:, :-1]
+        steps.append(step[..., both])
+    return np.concatenate(steps, axis=-1).mean(axis=-1)

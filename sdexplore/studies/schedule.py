@@ -113,7 +113,7 @@ def steps_sweep(pipe, prompt: str, schedulers, step_counts, *, seed: int, refere
     pictures = np.stack(pictures)
     return {"steps": torch.tensor(step_counts), "pictures": torch.from_numpy(pictures),
             "distance": torch.from_numpy(distance_to(pictures.astype(np.float32), reference_picture)).float(),
-            "reference": torch.from_numpy(reference_picture), "x0_to_final": torch.stack(curves),
+            "reference": torch.from_numpy(reference_picture.copy()), "x0_to_final": torch.stack(curves),
             "x0_steps": torch.full((len(schedulers),), x0_count)}
 
 
