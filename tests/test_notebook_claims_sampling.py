@@ -219,6 +219,8 @@ def test_07_the_schedules_and_the_timesteps_they_visit(toy, tiny):
     trailing = schedule.picked_timesteps(tiny.scheduler, "ddim", 20, "trailing").int().tolist()
     assert (leading[0], leading[-1]) == (951, 1) and (trailing[0], trailing[-1]) == (999, 49)
     assert int(schedule.picked_timesteps(tiny.scheduler, "ddim", 1000, "leading")[0]) == 1000  # not a training t
+    fifty = schedule.picked_timesteps(tiny.scheduler, "ddim", 50, "leading")
+    assert (fifty[:-1] - fifty[1:] == 20).all()  # the notes' "50 steps of 20"
 
 
 def test_07_ten_steps_are_enough_for_the_deterministic_schedulers(sweep_07):
@@ -254,4 +256,4 @@ def test_07_five_bits_per_latent_value_are_enough(toy, picture_07):
     bits = vae.quantisation_sweep(toy, picture_07)
     assert vae.invisible_from(bits["bits"], bits["psnr_to_decode"]) == 5
     to_picture = bits["psnr_to_picture"][:, 0].numpy()
-    assert abs(to_picture[3] - float(bits["round_trip_psnr"][0])) < 0.5  # from 4 bits on, the VAE's loss dominates
+    assert abs(to_picture[3] - float(bits["round_trip_psnr"][0])) < 0.3  # from 4 bits on, the VAE's loss dominates
