@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m sdexplore demo --out figures
+	$(PY) -m sdexplore demo --out figures --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -29,10 +29,11 @@ train-toy: $(STAMP)
 gates: $(STAMP)
 	$(PY) -m sdexplore.toy.gates
 
-# Run every notebook top to bottom (they save their figures to figures/), then the demo figure.
+# Run every notebook top to bottom on the toy model: they rebuild figures/ (each PNG with its parameters) and are
+# stored back with their outputs, so a reader sees the pictures on GitHub. Then the demo figure.
 figures: $(STAMP)
-	cd notebooks && for nb in *.ipynb; do ../$(PY) -m jupyter nbconvert --to notebook --execute --stdout "$$nb" > /dev/null || exit 1; done
-	$(PY) -m sdexplore demo --out figures
+	$(PY) -m sdexplore figures
+	$(PY) -m sdexplore demo --out figures --overwrite
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_trace.py

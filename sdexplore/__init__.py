@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import notices  # noqa: F401  (first: silences known third-party notices before diffusers is imported)
 from .capture.attention import AttentionMaps
 from .capture.run import trace, tracing
 from .capture.storage import TraceFileError

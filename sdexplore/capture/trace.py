@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from ..prompts import Token
-from .storage import load_tensors, save_tensors
+from .inputs import check_path, describe
+from .storage import TraceFileError, load_tensors, save_tensors
 
 _STEP_FIELDS = ("x0", "noise_pred", "noise_pred_text", "noise_pred_uncond", "scheduler_x0")
 
@@ -108,12 +109,18 @@ class Trace:
 
     def token_table(self, prompt_index: int = 0) -> list[Token]:
         """The token table of one prompt of the batch (77 rows, plus any truncated tokens)."""
+        if isinstance(prompt_index, bool) or not isinstance(prompt_index, (int, np.integer)):
+            raise TypeError(f"prompt_index must be an int, got {describe(prompt_index)}")
+        if not -len(self.tokens) <= prompt_index < len(self.tokens):
+            raise IndexError(f"prompt_index {prompt_index} does not exist: this trace has {len(self.tokens)} "
+                             f"token table(s) (one per prompt; none for a run made from prompt_embeds)")
         return self.tokens[prompt_index]
 
     # --- saving ----------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike):
-        """Write the trace to one safetensors file (tensors) with JSON metadata, atomically."""
+        """Write the trace to one safetensors file (tensors) with JSON metadata, sealed by one checksum, atomically."""
+        path = check_path(path)
         tensors = {name: value for name, value in self._tensor_fields().items() if value is not None}
         tensors["images"] = torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in self.images])) \
             if self.images else torch.zeros(0, dtype=torch.uint8)
@@ -127,7 +134,17 @@ class Trace:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Trace":
         """Read a trace written by ``save`` (no pickle); TraceFileError if the file is not one."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a file path (str or pathlib.Path), got {describe(path)}")
         tensors, metadata = load_tensors(path)
+        try:
+            return cls._from_saved(tensors, metadata)
+        except (KeyError, TypeError, ValueError) as error:
+            message = f"{path} is not a complete sdexplore trace: {type(error).__name__}: {error}"
+            raise TraceFileError(message) from error
+
+    @classmethod
+    def _from_saved(cls, tensors: dict, metadata: dict) -> "Trace":
         tokens = [[Token(**row) for row in table] for table in metadata["tokens"]]
         images = [Image.fromarray(array) for array in tensors.pop("images").numpy()]
         inputs = {k.removeprefix("inputs."): tensors.pop(k) for k in list(tensors) if k.startswith("inputs.")}

@@ -8,9 +8,11 @@ saved with ``figure.savefig(...)`` or displayed in a notebook.
 
 from __future__ import annotations
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from PIL import Image
 
 SPECIAL_COLOUR = "tab:red"
 
@@ -34,6 +36,20 @@ def plot_word_overlay(image, word_map: torch.Tensor, *, label: str = "", alpha: 
     ax.set_title(title or "", fontsize=9)
     _bare(ax)
     return figure
+
+
+def overlay_picture(image, heat: torch.Tensor, *, alpha: float = 0.55, cmap: str = "jet") -> Image.Image:
+    """A map [h, w] min-max scaled, stretched (bilinear) over ``image`` (PIL) and blended in with a colour map.
+
+    A PIL picture rather than a Figure: cheap enough (a few ms) to redraw on every move of a widget's slider.
+    """
+    picture = image.convert("RGB")
+    scaled = _array(heat).astype(np.float32)
+    scaled = (scaled - scaled.min()) / max(float(scaled.max() - scaled.min()), 1e-12)
+    stretched = Image.fromarray(scaled).resize(picture.size, Image.BILINEAR)
+    colours = matplotlib.colormaps[cmap](np.clip(np.asarray(stretched), 0, 1))[..., :3]
+    blended = (1 - alpha) * np.asarray(picture, np.float32) / 255 + alpha * colours
+    return Image.fromarray((blended * 255).round().astype(np.uint8))
 
 
 def plot_token_grid(maps: torch.Tensor, labels: list[str], *, shares: torch.Tensor | None = None,

@@ -53,6 +53,32 @@ def plot_denoising(previews: dict, *, title: str | None = None) -> Figure:
     return figure
 
 
+def denoising_frames(run, steps: list[int] | None = None, *, method: str = "approx", prompt_index: int = 0,
+                     min_height: int = 160, **decoder) -> list[np.ndarray]:
+    """Frames of a denoising animation: at each step, x_t (left) and its predicted x0 (right), both decoded.
+
+    Each frame is uint8 [H, W, 3]: a caption bar ("step i/N · t=...") over the two pictures, enlarged
+    (nearest) to at least ``min_height`` pixels. ``steps`` defaults to every step; ``method`` and
+    ``decoder`` as in ``run.preview`` ("approx", "vae" with pipe=, "taesd" with taesd=).
+    """
+    from PIL import Image, ImageDraw
+
+    steps = list(range(run.num_steps)) if steps is None else [run.step_index(s) for s in steps]
+    frames = []
+    for step in steps:
+        x_t, x0 = (preview(run, step, which, method, **decoder)[prompt_index].convert("RGB") for which in ("x_t", "x0"))
+        zoom = max(1, -(-min_height // x_t.height))  # ceiling division
+        size = (x_t.width * zoom, x_t.height * zoom)
+        gap, bar = max(2, zoom), 14
+        frame = Image.new("RGB", (2 * size[0] + gap, size[1] + bar), "white")
+        frame.paste(x_t.resize(size, Image.NEAREST), (0, bar))
+        frame.paste(x0.resize(size, Image.NEAREST), (size[0] + gap, bar))
+        caption = f"step {step + 1}/{run.num_steps}  t={float(run.timesteps[step]):.0f}   x_t | x0"
+        ImageDraw.Draw(frame).text((2, 1), caption, fill="black")
+        frames.append(np.asarray(frame))
+    return frames
+
+
 def plot_settling(curves: dict, *, tolerance: float | None = None, title: str | None = None) -> Figure:
     """The two distance curves of ``studies.denoising.settling`` ([N] each) against the step."""
     figure = Figure(figsize=(6, 3.2), layout="constrained")

@@ -4,6 +4,8 @@
   the end token and the padding (end tokens repeated up to 77);
 - ``attended_region`` / ``iou``: a word's map thresholded (DAAM's 40% of its maximum) and scored
   against an object's mask;
+- ``most_attended_word``: the word whose tokens take the largest share;
+- ``tokens_map``: the summed map of some tokens (a word's sub-words, the padding) at one step or all;
 - ``slide_attention``: the study notes' cat -> kitten slide, asking whether the word's attention
   changes where the picture jumps.
 """
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..prompts import token_table, word_positions
+from ..prompts import TokenGroup, token_groups, token_table, word_positions
 
 # A pixel is "attended" above this fraction of the map's maximum. DAAM uses 0.4 on SD's 64x64 maps; for
 # the toy model's 8x8/16x16 maps, `python -m sdexplore.toy.gates --sweep-threshold` on validation scenes
@@ -29,6 +31,23 @@ def token_kind_shares(run, prompt_index: int = 0) -> dict[str, float]:
     share = run.attention.token_share()[prompt_index]  # [77]
     table = run.attention.token_table(prompt_index)[: share.shape[0]]
     return {kind: float(share[[t.position for t in table if t.kind == kind]].sum()) for kind in KINDS}
+
+
+def tokens_map(maps, positions, step: int | None = None, prompt_index: int = 0) -> torch.Tensor:
+    """[h, w]: the maps of the tokens at ``positions`` summed (as ``word_map`` sums a word's sub-words), at one
+    ``step`` or, with step=None, averaged over every step. ``maps``: a trace's AttentionMaps."""
+    if not positions:
+        raise ValueError("positions is empty: give the token positions (0..76) whose map to show")
+    return maps.token_maps(steps=step)[prompt_index, list(positions)].sum(0)
+
+
+def most_attended_word(maps, prompt_index: int = 0) -> TokenGroup:
+    """The prompt's word (all its sub-words) that takes the largest share of the attention; the start token
+    when the prompt has no words."""
+    groups = token_groups(maps.token_table(prompt_index)[: maps.num_tokens])
+    words = [group for group in groups if group.kind == "word"] or groups[:1]
+    shares = maps.token_share()[prompt_index]
+    return max(words, key=lambda group: float(shares[list(group.positions)].sum()))
 
 
 def attended_region(heat: torch.Tensor, size: tuple[int, int], threshold: float = ATTENTION_THRESHOLD) -> np.ndarray:

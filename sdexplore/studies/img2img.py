@@ -19,6 +19,14 @@ def strength_sweep(pipe, image, prompt: str, strengths, seeds, **pipeline_kwargs
             for seed in seeds]
 
 
+def steps_run(num_inference_steps: int, strength: float) -> int:
+    """How many denoising steps img2img runs: diffusers' min(int(num_inference_steps * strength), steps).
+
+    0 means the pipeline would have nothing to do (diffusers then fails deep inside); check before running.
+    """
+    return min(int(num_inference_steps * strength), num_inference_steps)
+
+
 def pictures(runs: list[list]) -> np.ndarray:
     """float [S, K, H, W, 3] in 0..255: the final picture of every run of a sweep."""
     return np.stack([np.stack([np.asarray(run.images[0], dtype=np.float32) for run in row]) for row in runs])

@@ -2,9 +2,11 @@
 
 The study notes interpolated "only the vector of one word": here the word's *input* token
 embedding (a row of the text encoder's embedding table) is mixed with the target word's,
-``(1 - alpha) * e_cat + alpha * e_kitten``, and the text encoder then runs as usual, so every
+``(1 - alpha) * e_cat + alpha * e_kitten`` (mode "lerp") or along the great circle between them
+(mode "slerp", which keeps the vector's length), and the text encoder then runs as usual, so every
 later position sees the mixed word too. A forward hook on the embedding table does the mixing
-and is removed afterwards.
+and is removed afterwards. ``trace_prompt_interpolation`` mixes two whole prompts' encoder
+outputs [77, D] instead.
 """
 
 from __future__ import annotations
@@ -15,6 +17,32 @@ import numpy as np
 import torch
 
 from .img2img import distance_to
+
+MODES = ("lerp", "slerp")
+
+
+def mix(a: torch.Tensor, b: torch.Tensor, alpha: float, mode: str = "lerp") -> torch.Tensor:
+    """``a`` moved toward ``b`` by ``alpha`` (0 -> a, 1 -> b), same shape.
+
+    "lerp": (1 - alpha) * a + alpha * b. "slerp": spherical interpolation of the flattened tensors
+    (the angle between them is split by alpha, the norm interpolated linearly); falls back to lerp
+    when a and b point the same way.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    alpha = float(alpha)
+    if mode == "lerp":
+        return torch.lerp(a, b, alpha)
+    flat_a, flat_b = a.flatten().double(), b.flatten().double()
+    norm_a, norm_b = flat_a.norm(), flat_b.norm()
+    cosine = (flat_a @ flat_b / (norm_a * norm_b).clamp_min(1e-12)).clamp(-1, 1)
+    angle = torch.arccos(cosine)
+    if angle < 1e-4:
+        return torch.lerp(a, b, alpha)
+    unit = (torch.sin((1 - alpha) * angle) * flat_a / norm_a + torch.sin(alpha * angle) * flat_b / norm_b) \
+        / torch.sin(angle)
+    length = torch.lerp(norm_a, norm_b, alpha)
+    return (unit * length).reshape(a.shape).to(a.dtype)
 
 
 def single_token_id(tokenizer, word: str) -> int:
@@ -27,18 +55,18 @@ def single_token_id(tokenizer, word: str) -> int:
 
 
 @contextlib.contextmanager
-def mixed_token_embedding(text_encoder, token_id: int, target_id: int, alpha: float):
-    """While active, every occurrence of ``token_id`` is embedded as lerp(e_token, e_target, alpha)."""
+def mixed_token_embedding(text_encoder, token_id: int, target_id: int, alpha: float, mode: str = "lerp"):
+    """While active, every occurrence of ``token_id`` is embedded as mix(e_token, e_target, alpha, mode)."""
     table = text_encoder.get_input_embeddings()
 
-    def mix(module, args, output):
+    def mix_hook(module, args, output):
         ids = args[0] if args else None
         if ids is None:
             return output
-        mixed = torch.lerp(table.weight[token_id], table.weight[target_id], float(alpha)).to(output.dtype)
+        mixed = mix(table.weight[token_id], table.weight[target_id], alpha, mode).to(output.dtype)
         return torch.where((ids == token_id)[..., None], mixed, output)
 
-    handle = table.register_forward_hook(mix)
+    handle = table.register_forward_hook(mix_hook)
     try:
         yield
     finally:
@@ -46,30 +74,56 @@ def mixed_token_embedding(text_encoder, token_id: int, target_id: int, alpha: fl
 
 
 @torch.no_grad()
-def interpolated_prompt_embeds(pipe, prompt: str, word: str, target: str, alphas) -> torch.Tensor:
+def interpolated_prompt_embeds(pipe, prompt: str, word: str, target: str, alphas, mode: str = "lerp") -> torch.Tensor:
     """[A, 77, D] prompt embeddings of ``prompt`` with ``word`` slid toward ``target`` by each alpha."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if word not in prompt.split() and word not in prompt.replace(",", " ").split():
         raise ValueError(f"word {word!r} is not in the prompt {prompt!r}")
     token_id = single_token_id(pipe.tokenizer, word)
     target_id = single_token_id(pipe.tokenizer, target)
     rows = []
     for alpha in alphas:
-        with mixed_token_embedding(pipe.text_encoder, token_id, target_id, alpha):
+        with mixed_token_embedding(pipe.text_encoder, token_id, target_id, alpha, mode):
             embeds, _ = pipe.encode_prompt(prompt, pipe.device, 1, False)
         rows.append(embeds)
     return torch.cat(rows)
 
 
-def trace_interpolation(pipe, prompt: str, word: str, target: str, alphas, *, seed: int, **pipeline_kwargs) -> list:
+def trace_interpolation(pipe, prompt: str, word: str, target: str, alphas, *, seed: int, mode: str = "lerp",
+                        **pipeline_kwargs) -> list:
     """One Trace per alpha, same seed, so only the mixed word differs between them."""
+    embeds = interpolated_prompt_embeds(pipe, prompt, word, target, alphas, mode)
+    about = {"word": word, "target": target, "mode": mode}
+    return _trace_embeds(pipe, embeds, alphas, prompt, about, seed=seed, **pipeline_kwargs)
+
+
+@torch.no_grad()
+def prompts_interpolated(pipe, prompt: str, target_prompt: str, alphas, mode: str = "lerp") -> torch.Tensor:
+    """[A, 77, D]: the text encoder's outputs for ``prompt`` and ``target_prompt``, mixed by each alpha."""
+    start = pipe.encode_prompt(prompt, pipe.device, 1, False)[0][0]
+    end = pipe.encode_prompt(target_prompt, pipe.device, 1, False)[0][0]
+    return torch.stack([mix(start, end, alpha, mode) for alpha in alphas])
+
+
+def trace_prompt_interpolation(pipe, prompt: str, target_prompt: str, alphas, *, seed: int, mode: str = "lerp",
+                               **pipeline_kwargs) -> list:
+    """One Trace per alpha, same seed, between two whole prompts (their encoder outputs mixed)."""
+    embeds = prompts_interpolated(pipe, prompt, target_prompt, alphas, mode)
+    about = {"target_prompt": target_prompt, "mode": mode}
+    return _trace_embeds(pipe, embeds, alphas, prompt, about, seed=seed, **pipeline_kwargs)
+
+
+def _trace_embeds(pipe, embeds: torch.Tensor, alphas, prompt: str, about: dict, *, seed: int,
+                  **pipeline_kwargs) -> list:
+    """Trace each row of ``embeds`` [A, 77, D] against the empty prompt's embedding; record what was mixed."""
     from ..capture.run import trace
 
-    embeds = interpolated_prompt_embeds(pipe, prompt, word, target, alphas)
     negative = pipe.encode_prompt("", pipe.device, 1, False)[0]
     runs = []
     for alpha, row in zip(alphas, embeds):
         run = trace(pipe, None, seed=seed, prompt_embeds=row[None], negative_prompt_embeds=negative, **pipeline_kwargs)
-        run.params.update({"prompt": prompt, "interpolation": {"word": word, "target": target, "alpha": float(alpha)}})
+        run.params.update({"prompt": prompt, "interpolation": {**about, "alpha": float(alpha)}})
         runs.append(run)
     return runs
 
