@@ -27,6 +27,7 @@ def plot_guidance_curves(scales, curves: dict, *, title: str | None = None) -> F
     ax = figure.axes[0]
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xticks([float(w) for w in scales], [f"{float(w):g}" for w in scales])
+    ax.set_xlim(left=min(float(w) for w in scales) - 0.1)
     return figure
 
 
