@@ -164,8 +164,17 @@ def test_ambiguous_masks_are_refused(tiny):
         run(tiny, image=picture(), mask_image=np.zeros((64, 64, 3), np.uint8))
     with pytest.raises(ValueError, match="same size"):
         run(tiny, image=picture(), mask_image=np.zeros((32, 32), bool))
+    half = np.zeros((64, 64), bool)
+    half[:, 32:] = True
     with pytest.raises(ValueError, match="would resize the picture and the mask"):
-        run(tiny, image=picture(), mask_image=np.zeros((64, 64), bool), height=32)
+        run(tiny, image=picture(), mask_image=half, height=32)
+
+
+def test_masks_that_mark_nothing_or_everything_say_what_they_mean(tiny):
+    with pytest.raises(ValueError, match="all black .* nothing to repaint"):
+        run(tiny, image=picture(), mask_image=np.zeros((64, 64), bool))
+    with pytest.raises(ValueError, match="all white .* img2img"):
+        run(tiny, image=picture(), mask_image=np.ones((64, 64), bool))
 
 
 def test_the_img2img_pipeline_without_a_picture_says_so(tiny, tiny_inpaint):
@@ -407,6 +416,7 @@ TRACE_ARGUMENTS = [
     ("num_inference_steps", dict(num_inference_steps=None)),
     ("guidance_scale", dict(guidance_scale="7.5")), ("guidance_scale", dict(guidance_scale=NAN)),
     ("guidance_scale", dict(guidance_scale=-INF)), ("guidance_scale", dict(guidance_scale=None)),
+    ("guidance_scale", dict(guidance_scale=-1.0)),
     ("strength", dict(image=picture(), strength=0)), ("strength", dict(image=picture(), strength=-0.5)),
     ("strength", dict(image=picture(), strength=1.5)), ("strength", dict(image=picture(), strength=NAN)),
     ("strength", dict(image=picture(), strength="0.5")),

@@ -430,7 +430,8 @@ def check_call(pipe, prompt, kwargs: dict) -> Call:
     accepted = pipeline_parameters(pipe)
     batch = _check_prompt_side(pipe, prompt, kwargs)
     steps = _check_steps(pipe, kwargs)
-    guidance = check_number("guidance_scale", kwargs.get("guidance_scale", default_of(pipe, "guidance_scale", 7.5)))
+    guidance = check_number("guidance_scale", kwargs.get("guidance_scale", default_of(pipe, "guidance_scale", 7.5)),
+                            minimum=0.0)
     images_per_prompt = check_int("num_images_per_prompt", kwargs.get("num_images_per_prompt", 1), minimum=1)
     inputs = _check_pictures(pipe, kwargs, accepted, batch, images_per_prompt)
     if "strength" in accepted:
@@ -521,6 +522,7 @@ def _check_pictures(pipe, kwargs: dict, accepted: dict, batch: int, images_per_p
             if masks.count not in (1, pictures.count):
                 raise ValueError(f"mask_image holds {masks.count} masks for {pictures.count} picture(s): give one mask "
                                  "or one per picture")
+            _check_mask_covers_something(masks.stored)
             kwargs["mask_image"], inputs["mask_image"] = masks.for_pipeline, masks.stored
         asked = (kwargs.get("width") or pictures.size[0], kwargs.get("height") or pictures.size[1])
         if asked != pictures.size:
@@ -528,6 +530,19 @@ def _check_pictures(pipe, kwargs: dict, accepted: dict, batch: int, images_per_p
                              f"{pictures.size[0]}: diffusers would resize the picture and the mask, and the trace "
                              "would keep a picture that was not the one used; resize them yourself first")
     return inputs
+
+
+def _check_mask_covers_something(stored: torch.Tensor) -> None:
+    """An all-black mask repaints nothing, an all-white one everything: both are refused, saying so."""
+    for mask in stored.reshape(-1, *stored.shape[-2:]):
+        if int(mask.max()) < 128:
+            raise ValueError("mask_image is all black (below 50% everywhere): it marks nothing to repaint, so "
+                             "inpainting would only pass the picture through the VAE; paint white where the picture "
+                             "should change")
+        if int(mask.min()) >= 128:
+            raise ValueError("mask_image is all white (at least 50% everywhere): it repaints the whole picture, "
+                             "which is img2img (give image= and strength= without mask_image); keep black where "
+                             "the picture should stay")
 
 
 def _check_multiple(name: str, size: tuple[int, int], factor: int) -> None:
