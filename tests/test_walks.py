@@ -145,7 +145,14 @@ def test_split_step_on_a_synthetic_pair_is_where_the_distance_first_crosses():
     other = x0.clone()
     other[6:] += 0.5  # 50% apart from step 6 on
     assert walks.split_step(other, x0, 0.2) == 6
+    rejoined = other.clone()
+    rejoined[2] += 0.5  # apart at step 2 for a moment: not yet split
+    assert walks.split_step(rejoined, x0, 0.2) == 6
+    assert walks.split_step(other[:-1].clone().fill_(3), x0[:-1], 0.2) == 0  # apart from the start
     assert walks.split_step(x0, x0.clone(), 0.2) == 10  # never: N
+    back = other.clone()
+    back[-1] = 1.0
+    assert walks.split_step(back, x0, 0.2) == 10  # together again at the end: never split
     grid = torch.stack([x0, x0, other])[:, None]  # [A=3, S=1, N, ...]
     assert walks.split_steps(grid, 0.2).tolist() == [[10], [6]]
     with pytest.raises(ValueError, match="threshold must be > 0"):
@@ -176,6 +183,15 @@ def test_grid_x0_and_its_split_map(tiny):
     assert len(figure.axes) == 2
     with pytest.raises(ValueError, match="seeds must be distinct"):
         walks.grid_x0(tiny, "a cat", "a dog", [0, 1], [0, 0])
+
+
+def test_picture_helpers():
+    pictures = [np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 3), 255, np.uint8)]
+    stacked = walks.as_pictures(pictures)
+    assert stacked.dtype == torch.uint8 and stacked.shape == (2, 4, 4, 3)
+    assert walks.picture_gap(stacked, stacked.flip(0)).tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="same shape"):
+        walks.picture_gap(stacked, stacked[:1])
 
 
 def test_contrast_and_saturation_of_pictures():

@@ -9,7 +9,7 @@ Shapes: A points on a path, S seeds, N steps, C latent channels, h x w latent, T
 - ``seed_variation``: AUTOMATIC1111's "variation seed" + "variation strength" (its own slerp, over its axis).
 - ``circle_noise``: a closed loop a·cos(t) + b·sin(t) through noise space (every point a unit Gaussian again).
 - ``prompt_path`` / ``noise_path``: the points of a walk; ``walk`` runs the pipeline at each point.
-- ``split_step`` / ``split_steps``: the first step at which two runs' x0 guesses are apart by a threshold.
+- ``split_step`` / ``split_steps``: the step from which on two runs' x0 guesses stay a threshold apart.
 """
 
 from __future__ import annotations
@@ -267,6 +267,22 @@ def picture_saturation(pictures) -> torch.Tensor:
     return torch.from_numpy(saturation.reshape(len(saturation), -1).mean(1))
 
 
+def as_pictures(pictures) -> torch.Tensor:
+    """uint8 [A, H, W, 3] from PIL pictures (or arrays), to keep or cache."""
+    return torch.from_numpy(np.stack([np.asarray(p.convert("RGB") if hasattr(p, "convert") else p, dtype=np.uint8)
+                                      for p in pictures]))
+
+
+def picture_gap(pictures_a, pictures_b) -> torch.Tensor:
+    """[A]: mean |pixel difference| / 255 between two equally long lists of pictures, point by point."""
+    from .img2img import distance_to
+
+    a, b = _as_float(pictures_a) * 255, _as_float(pictures_b) * 255
+    if a.shape != b.shape:
+        raise ValueError(f"the two picture lists must have the same shape, got {a.shape} and {b.shape}")
+    return torch.from_numpy(np.asarray(distance_to(a, b), dtype=np.float32))
+
+
 def _as_float(pictures) -> np.ndarray:
     return np.stack([np.asarray(p.convert("RGB") if hasattr(p, "convert") else p, dtype=np.float32)
                      for p in pictures]) / 255.0
@@ -284,15 +300,19 @@ def x0_distance(x0_a: torch.Tensor, x0_b: torch.Tensor) -> torch.Tensor:
 
 
 def split_step(x0_a: torch.Tensor, x0_b: torch.Tensor, threshold: float) -> int:
-    """The first step at which the two runs' x0 guesses are ``threshold`` apart (relative); N if never."""
+    """The step from which on two runs' x0 guesses stay at least ``threshold`` apart (relative); N if they end closer.
+
+    Two runs can drift apart for a few steps and come back together (same basin); they have split when
+    they part and never come back within ``threshold`` up to the last step.
+    """
     if not threshold > 0:
         raise ValueError(f"threshold must be > 0 (a relative x0 distance), got {threshold}")
-    apart = (x0_distance(x0_a, x0_b) >= threshold).nonzero()
-    return int(apart[0]) if len(apart) else int(x0_a.shape[0])
+    close = (x0_distance(x0_a, x0_b) < threshold).nonzero()
+    return 0 if len(close) == 0 else int(close[-1]) + 1
 
 
 def split_steps(x0: torch.Tensor, threshold: float) -> torch.Tensor:
-    """[A-1, S] int: split step of each neighbouring pair (alpha_i, alpha_i+1) at each seed; N = never.
+    """[A-1, S] int: split step of each neighbouring pair (alpha_i, alpha_i+1) at each seed; N = they end closer.
 
     x0: [A, S, N, C, h, w], the clean guesses of a grid of runs (alpha x seed).
     """
