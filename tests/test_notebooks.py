@@ -26,7 +26,8 @@ def test_notebook_runs_and_saves_its_figures(source, tmp_path):
     assert not errors
     saved = {p.name for p in (tmp_path / "figures").glob("*.png")}
     promised = {line.split('"')[1] for c in notebook.cells if c.cell_type == "code"
-                for line in c.source.splitlines() if "savefig(FIGURES /" in line}
+                for line in c.source.splitlines()
+                if "savefig(FIGURES /" in line or "save_figure(fig, FIGURES /" in line}
     assert promised and promised <= saved
     for name in promised:
         assert (tmp_path / "figures" / name).stat().st_size > 5_000
