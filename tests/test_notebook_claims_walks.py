@@ -104,7 +104,9 @@ def varied(toy):
 def test_09_a_small_variation_strength_keeps_the_picture_and_a_large_one_moves_it(varied):
     moved = walks.picture_gap(varied, varied[:1].expand_as(varied))
     assert moved[STRENGTHS.index(0.05)] < 0.5 * moved[-1]
-    assert moved[-1] > 0.01
+    assert moved[STRENGTHS.index(0.3)] < 0.02 and moved[-1] > 0.05  # kept up to 0.3, then moved
+    jumps = moved[1:] - moved[:-1]
+    assert int(jumps.argmax()) == STRENGTHS.index(0.3) and jumps.max() > 0.5 * moved[-1]  # in one jump
     assert judged(varied) == ["cat"] * len(STRENGTHS)
 
 
@@ -121,6 +123,9 @@ def test_09_the_circular_walk_keeps_the_noise_on_the_sphere_and_comes_back(circl
     rms = walks.noise_norms(loop)
     assert (rms / rms[0] - 1).abs().max() < 0.1
     assert walks.picture_gap(pictures[-1:], pictures[:1])[0] < 0.01  # t = 2π draws what t = 0 drew
+    steps_apart = walks.picture_gap(pictures[1:], pictures[:-1])
+    assert (steps_apart <= 0.025).sum() >= len(steps_apart) - 3  # most frames move little ...
+    assert (steps_apart >= 0.05).sum() >= 2  # ... and the picture jumps a few times around the loop
 
 
 def test_09_neighbouring_runs_split_only_across_the_jump_and_early(grid):
@@ -134,6 +139,10 @@ def test_09_neighbouring_runs_split_only_across_the_jump_and_early(grid):
         assert flip - 1 in parted, (s, split[:, s])  # the pair across the judge's flip has split ...
         assert split[flip - 1, s] <= steps // 3  # ... in the first third of the steps
         assert parted == [flip - 1], split[:, s]  # and the rest of the slide stays together
+    others = [i for i in range(len(ALPHAS) - 1) if i != flip - 1]
+    drift = torch.stack([torch.stack([walks.x0_distance(grid["x0"][i, s], grid["x0"][i + 1, s])
+                                      for s in range(len(SEEDS))]) for i in others])  # [pairs, S, N]
+    assert drift.amax(-1).max() > THRESHOLD and drift[..., -1].max() < THRESHOLD  # drift apart, come back
 
 
 # --- notebook 10: textual inversion -------------------------------------------------------------------
