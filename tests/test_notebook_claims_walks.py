@@ -147,7 +147,7 @@ def test_09_neighbouring_runs_split_only_across_the_jump_and_early(grid):
 
 # --- notebook 10: textual inversion -------------------------------------------------------------------
 
-TRAINING = dict(steps=120, learning_rate=2e-2, seed=0)
+TRAINING = dict(steps=100, learning_rate=2e-2, seed=0)
 TI_SEEDS = list(range(8))
 
 
