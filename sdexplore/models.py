@@ -78,7 +78,23 @@ def load_pipeline(
     if scheduler is not None:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    allow_clip_skip(pipe)
     return pipe.to(device=device, dtype=dtype) if (device or dtype) else pipe
+
+
+def allow_clip_skip(pipe: DiffusionPipeline) -> DiffusionPipeline:
+    """Make diffusers' ``clip_skip`` work with transformers >= 5.6 (diffusers issue #14124).
+
+    transformers 5.6 flattened CLIPTextModel (``embeddings``, ``encoder``, ``final_layer_norm`` sit on the
+    model itself), but diffusers' encode_prompt still reads ``text_encoder.text_model.final_layer_norm``
+    when ``clip_skip`` is set. A plain (unregistered) ``text_model`` attribute naming the model itself
+    restores that path without changing the module tree, the state dict or anything computed.
+    """
+    encoder = getattr(pipe, "text_encoder", None)
+    if encoder is not None and hasattr(encoder, "final_layer_norm") and "text_model" not in vars(encoder) \
+            and "text_model" not in encoder._modules:
+        object.__setattr__(encoder, "text_model", encoder)
+    return pipe
 
 
 def scheduler_class(name: str):
