@@ -97,7 +97,11 @@ def apply_weights(embeds: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     weights = weights.to(embeds.device, embeds.dtype)
     original_mean = embeds.mean(dim=(1, 2), keepdim=True)
     weighted = embeds * weights[..., None]
-    return weighted * (original_mean / weighted.mean(dim=(1, 2), keepdim=True))
+    new_mean = weighted.mean(dim=(1, 2), keepdim=True)
+    # A LayerNorm without bias gives rows of mean ~0: the ratio of two ~0 means is noise (it can flip the sign),
+    # so such chunks keep the plain weighting. Real CLIP's final LayerNorm has a bias and is always rescaled.
+    meaningful = new_mean.abs() > 1e-4 * weighted.abs().mean(dim=(1, 2), keepdim=True)
+    return torch.where(meaningful, weighted * (original_mean / new_mean), weighted)
 
 
 def encode_runs(pipe, runs: list[tuple[str, float]], *, clip_skip: int | None = None, chunking: bool = False,
