@@ -7,6 +7,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+SAVE_CALLS = ("savefig(FIGURES /", "save_figure(fig, FIGURES /")  # the figure's file name is the first "..."
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
@@ -26,7 +27,7 @@ def test_notebook_runs_and_saves_its_figures(source, tmp_path):
     assert not errors
     saved = {p.name for p in (tmp_path / "figures").glob("*.png")}
     promised = {line.split('"')[1] for c in notebook.cells if c.cell_type == "code"
-                for line in c.source.splitlines() if "savefig(FIGURES /" in line}
+                for line in c.source.splitlines() if any(call in line for call in SAVE_CALLS)}
     assert promised and promised <= saved
     for name in promised:
         assert (tmp_path / "figures" / name).stat().st_size > 5_000

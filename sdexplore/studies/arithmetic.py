@@ -128,3 +128,11 @@ def arithmetic_pictures(pipe, prompt: str, slot: str, expressions: list[str], *,
                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type="np")
         rows.append((out.images * 255).round().astype(np.uint8))
     return np.stack(rows)
+
+
+def arithmetic_sweep(pipe, prompt: str, slot: str, expressions: list[str], seeds: list[int], *,
+                     num_inference_steps: int = 20) -> dict[str, torch.Tensor]:
+    """{"input": uint8 [E, S, H, W, 3], "output": the same}: each expression at both levels (for sdexplore.cache)."""
+    return {where: torch.from_numpy(arithmetic_pictures(pipe, prompt, slot, expressions, where=where, seeds=seeds,
+                                                        num_inference_steps=num_inference_steps))
+            for where in WHERE}

@@ -169,3 +169,13 @@ def first_layer_right(accuracy, threshold: float = 0.8) -> int | None:
         if (accuracy[layer:] >= threshold).all():
             return layer
     return None
+
+
+def layer_sweep(pipe, n_prompts: int, *, seed: int = 0, num_inference_steps: int = 20) -> dict[str, torch.Tensor]:
+    """The toy world's held-out single-object prompts (``world.held_out_prompts(n_prompts, seed)``) generated
+    from every layer: {"pictures": uint8 [L + 1, P, H, W, 3]} (a dict of tensors, for sdexplore.cache)."""
+    from ..toy import world
+
+    prompts = [world.canonical_prompt(scene) for scene in world.held_out_prompts(n_prompts, seed=seed)]
+    pictures = layer_pictures(pipe, prompts, seed=seed, num_inference_steps=num_inference_steps)
+    return {"pictures": torch.from_numpy(pictures)}
