@@ -71,3 +71,18 @@ def test_08_cat_minus_orange_plus_black_is_a_black_cat(arith, where):
     for expression, colour, pictures in zip(EXPRESSIONS, ["black", "orange"], arith[where].numpy()):
         judged = get_judge().predict(list(pictures))
         assert [(p["kind"], p["color"]) for p in judged] == [("cat", colour)] * len(SEEDS), (where, expression, judged)
+
+
+# --- weighting and editing ---------------------------------------------------------------------------------
+
+
+def test_08_weighting_blue_down_to_zero_still_draws_a_blue_ball(toy):
+    """The weight scales the word's own row of the encoder output, but every later row has already read the word
+    (the encoder's causal self-attention), so even (blue:0) keeps the ball blue."""
+    from sdexplore.conditioning import trace_prompt
+
+    for weight in (0.0, 2.0):
+        run = trace_prompt(toy, f"a photo of a small (blue:{weight}) ball at the center, sand background", seed=0,
+                           num_inference_steps=STEPS)
+        judged = get_judge().predict([np.asarray(run.images[0])])[0]
+        assert (judged["kind"], judged["color"]) == ("ball", "blue"), (weight, judged)

@@ -334,3 +334,13 @@ def test_arithmetic_bad_input(tiny):
         arithmetic.combine([torch.zeros(77, 8), torch.zeros(76, 8)], [1.0, 1.0])
     with pytest.raises(ValueError, match="non-empty"):
         arithmetic.parse_expression("  ")
+
+
+def test_editing_sweep_needs_a_when_field_and_reports_the_switch_step(tiny):
+    from sdexplore.studies.prompt_editing import editing_pictures
+
+    with pytest.raises(ValueError, match="must contain '{when}'"):
+        editing_pictures(tiny, "a [cat:dog:0.5]", [0.5], [0])
+    result = editing_pictures(tiny, "a [cat:dog:{when}]", [0, 2], [0], num_inference_steps=4)
+    assert result["pictures"].shape[:2] == (2, 1)
+    assert result["switch_step"].tolist() == [1, 3]  # A1111: the old text through step `when`

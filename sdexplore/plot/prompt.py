@@ -39,7 +39,7 @@ def plot_layer_sweep(pictures: np.ndarray, scores: dict, prompts: list[str], *, 
     rows = {}
     for layer in range(layers):
         label = (f"layer {layer}" + (" (embeddings)" if layer == 0 else "") + "\n"
-                 + ", ".join(f"{k} {scores[k][layer]:.2f}" for k in ("kind", "color", "position")))
+                 + "\n".join(f"{k} {scores[k][layer]:.2f}" for k in ("kind", "color", "position")))
         rows[label] = list(pictures[layer, :columns])
     titles = [_short(p) for p in prompts[:columns]]
     return plot_picture_grid(rows, titles, title="generating from each encoder layer (final layer norm applied)")
@@ -66,6 +66,6 @@ def plot_schedule(steps: int, per_step: list[int], labels: list[str], distances:
     return figure
 
 
-def _short(prompt: str, width: int = 28) -> str:
+def _short(prompt: str, width: int = 22) -> str:
     text = prompt.removeprefix("a photo of ").removeprefix("a ")
     return text if len(text) <= width else text[:width - 1] + "…"
