@@ -86,3 +86,39 @@ def test_08_weighting_blue_down_to_zero_still_draws_a_blue_ball(toy):
                            num_inference_steps=STEPS)
         judged = get_judge().predict([np.asarray(run.images[0])])[0]
         assert (judged["kind"], judged["color"]) == ("ball", "blue"), (weight, judged)
+
+
+TEMPLATE = "a photo of a large grey [cat:kitten:{when}] at the center, plain white background"
+WHENS, EDIT_SEEDS = [0, 0.25, 0.5, 0.75], [0, 1]
+
+
+def test_08_switching_cat_to_kitten_as_late_as_step_11_of_20_still_gives_a_kitten(toy):
+    def compute():
+        return editing_pictures(toy, TEMPLATE, WHENS, EDIT_SEEDS, num_inference_steps=STEPS)
+
+    editing = cached("08_editing", compute, model=MODEL, template=TEMPLATE, whens=WHENS, seeds=EDIT_SEEDS, steps=STEPS)
+    assert editing["switch_step"].tolist() == [1, 6, 11, 16]  # A1111: the old text through step int(when * 20)
+    kinds = [[p["kind"] for p in get_judge().predict(list(row))] for row in editing["pictures"].numpy()]
+    assert kinds[:3] == [["kitten", "kitten"]] * 3  # kitten from step 1, 6 or 11 on: a kitten
+    assert kinds[3] == ["cat", "cat"]  # kitten only from step 16 on: the cat stays
+
+
+LONG = ", ".join(["a photo of a small yellow ball"] * 10) + ", a large black cat on the left, grass background"
+
+
+def test_08_a_long_prompt_is_cut_before_the_cat_and_the_toy_draws_no_black_cat_either_way(toy):
+    import warnings
+
+    from sdexplore.conditioning import trace_prompt
+    from sdexplore.prompts import PromptTruncatedWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cut = trace_prompt(toy, LONG, seed=0, num_inference_steps=STEPS)
+    message = next(str(w.message) for w in caught if issubclass(w.category, PromptTruncatedWarning))
+    assert "black cat" in message  # the warning says what was cut
+    chunked = trace_prompt(toy, LONG, seed=0, num_inference_steps=STEPS, chunking=True)
+    assert (cut.prompt_embeds.shape[1], chunked.prompt_embeds.shape[1]) == (77, 154)
+    for run in (cut, chunked):
+        judged = get_judge().predict([np.asarray(run.images[0])])[0]
+        assert (judged["kind"], judged["color"]) != ("cat", "black"), judged
