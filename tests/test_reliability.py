@@ -434,7 +434,7 @@ TRACE_ARGUMENTS = [
     ("negative_prompt_embeds", dict(prompt=None, prompt_embeds=torch.zeros(1, 77, 32),
                                     negative_prompt_embeds=torch.zeros(2, 77, 32))),
     ("output_type", dict(output_type="png")), ("output_type", dict(output_type=None)),
-    ("clip_skip", dict(clip_skip=-1)), ("clip_skip", dict(clip_skip=10)), ("clip_skip", dict(clip_skip="1")),
+    ("clip_skip", dict(clip_skip=-1)), ("clip_skip", dict(clip_skip=10)), ("clip_skip", dict(clip_skip=2)), ("clip_skip", dict(clip_skip="1")),
     ("guidance_rescale", dict(guidance_rescale=2.0)), ("guidance_rescale", dict(guidance_rescale=NAN)),
     ("eta", dict(eta=-1.0)), ("eta", dict(eta="0")),
     ("cross_attention_kwargs", dict(cross_attention_kwargs="scale=1")),

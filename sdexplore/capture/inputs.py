@@ -569,8 +569,9 @@ def _check_other_keywords(pipe, kwargs: dict, images: int) -> None:
     if kwargs.get("guidance_rescale") is not None:
         check_number("guidance_rescale", kwargs["guidance_rescale"], minimum=0.0, maximum=1.0)
     if kwargs.get("clip_skip") is not None:
-        layers = getattr(getattr(getattr(pipe, "text_encoder", None), "config", None), "num_hidden_layers", None)
-        check_int("clip_skip", kwargs["clip_skip"], minimum=0, maximum=layers)
+        from ..conditioning import check_clip_skip
+
+        check_clip_skip(pipe, kwargs["clip_skip"])
     if kwargs.get("cross_attention_kwargs") is not None and not isinstance(kwargs["cross_attention_kwargs"], dict):
         raise TypeError(f"cross_attention_kwargs must be a dict, got {describe(kwargs['cross_attention_kwargs'])}")
     if kwargs.get("callback_on_step_end") is not None and not callable(kwargs["callback_on_step_end"]):
