@@ -38,7 +38,7 @@ def test_traces_share_the_seed_and_differ_only_through_the_word(tiny):
 def test_bad_words_are_clear(tiny):
     with pytest.raises(ValueError, match="not in the prompt"):
         interpolated_prompt_embeds(tiny, "a photo of a dog", "cat", "kitten", [0.5])
-    with pytest.raises(ValueError, match="single-token words"):
+    with pytest.raises(ValueError, match="single-token word"):
         single_token_id(tiny.tokenizer, "bozuman")
 
 

@@ -347,7 +347,7 @@ def test_the_slider_between_two_prompts(tiny):
 
 
 def test_bad_interpolation_arguments_are_refused(tiny):
-    with pytest.raises(ValueError, match="single-token words"):
+    with pytest.raises(ValueError, match="single-token word"):
         InterpolationSlider(tiny, "a bozuman", "bozuman", "cat", seed=0)
     with pytest.raises(ValueError, match="word_a 'dog' is not a word of the prompt"):
         InterpolationSlider(tiny, "a photo of a cat", "dog", "cat", seed=0)

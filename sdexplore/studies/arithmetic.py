@@ -19,6 +19,7 @@ import re
 
 import torch
 
+from .interpolation import single_token_id
 from .prompt_tensor import _embeddings, prompt_ids
 
 WHERE = ("input", "output")
@@ -69,7 +70,7 @@ def word_vector(pipe, expression: str) -> torch.Tensor:
     table = pipe.text_encoder.get_input_embeddings().weight
     rows, coefficients = [], []
     for coefficient, word in parse_expression(expression):
-        rows.append(table[_single_token(pipe.tokenizer, word)].detach())
+        rows.append(table[single_token_id(pipe.tokenizer, word)].detach())
         coefficients.append(coefficient)
     return combine(rows, coefficients)
 
@@ -102,14 +103,6 @@ def _check_aligned(tokenizer, slot: str, expression: str) -> None:
         listed = ", ".join(f"{term!r}: {n} token{'s' * (n != 1)}" for term, n in counts.items())
         raise ValueError(f"input-level arithmetic combines token rows position by position, so every term must "
                          f"have the same number of tokens; got {listed} (use where='output', or other words)")
-
-
-def _single_token(tokenizer, word: str) -> int:
-    ids = tokenizer(word, add_special_tokens=False).input_ids
-    if len(ids) != 1:
-        pieces = tokenizer.convert_ids_to_tokens(ids)
-        raise ValueError(f"{word!r} is {len(ids)} tokens {pieces}; a word vector needs a single-token word")
-    return ids[0]
 
 
 @torch.no_grad()

@@ -50,7 +50,8 @@ def single_token_id(tokenizer, word: str) -> int:
     ids = tokenizer(word, add_special_tokens=False).input_ids
     if len(ids) != 1:
         pieces = tokenizer.convert_ids_to_tokens(ids)
-        raise ValueError(f"{word!r} is {len(ids)} tokens {pieces}; interpolation needs single-token words")
+        raise ValueError(f"{word!r} is {len(ids)} tokens {pieces}; a word vector needs a single-token word "
+                         "(interpolation and arithmetic mix single-token words)")
     return ids[0]
 
 
