@@ -30,7 +30,8 @@ def add_token(pipe, token: str, initializer: str) -> int:
     """Add ``token`` to the pipeline's tokenizer, give it ``initializer``'s embedding; returns its id."""
     if not isinstance(token, str) or not token or any(ch.isspace() for ch in token):
         raise ValueError(f"token must be a non-empty string without spaces, got {token!r}")
-    if token in pipe.tokenizer.get_vocab():
+    vocabulary = pipe.tokenizer.get_vocab()
+    if token in vocabulary or f"{token}</w>" in vocabulary:  # CLIP's BPE spells a whole word with </w>
         raise ValueError(f"token {token!r} is already in the tokenizer's vocabulary; choose a new name, e.g. "
                          f"'<{token.strip('<>')}-2>'")
     init_ids = pipe.tokenizer(initializer, add_special_tokens=False).input_ids
