@@ -42,7 +42,7 @@ def weighted_tokens(tokenizer, runs: list[tuple[str, float]]) -> tuple[list[int]
     the weight of each token."""
     ids, weights = [], []
     for text, weight in runs:
-        run_ids = tokenizer(text, add_special_tokens=False, truncation=False).input_ids if text else []
+        run_ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids if text else []
         ids.extend(run_ids)
         weights.extend([float(weight)] * len(run_ids))
     return ids, weights

@@ -6,6 +6,9 @@ libraries say still gets through. Installed when this module is imported (``sdex
 - transformers, importing diffusers: "`CLIPImageProcessor` requires torchvision (not installed); falling back
   to `CLIPImageProcessorPil`". sdexplore runs no image processor (no safety checker), so torchvision, a
   large CUDA-matched package, would only silence the message.
+- transformers, when diffusers' ``load_textual_inversion`` grows the text encoder's embedding table: "The new
+  embeddings will be initialized from a multivariate normal distribution …". diffusers writes the loaded vector
+  into the new row straight after, so the initialisation it describes never reaches a picture.
 - the "Loading pipeline components" / "Loading weights" progress bars of a model that loads in a second:
   ``quiet_loading()`` turns them off around ``load_pipeline``'s loading only, and puts them back.
 
@@ -19,6 +22,7 @@ from contextlib import contextmanager
 
 KNOWN_NOTICES = (
     ("transformers.utils.import_utils", "requires torchvision (not installed); falling back to"),
+    ("transformers.modeling_utils", "The new embeddings will be initialized from a multivariate normal distribution"),
 )
 
 

@@ -57,7 +57,7 @@ def token_table(tokenizer, prompt: str, *, warn: bool = True) -> list[Token]:
     max_length = getattr(tokenizer, "model_max_length", MAX_TOKENS)
     if not isinstance(max_length, int) or max_length > 10_000:
         max_length = MAX_TOKENS
-    word_ids = tokenizer(prompt, add_special_tokens=False, truncation=False).input_ids
+    word_ids = tokenizer(prompt, add_special_tokens=False, truncation=False, verbose=False).input_ids
     room = max_length - 2
     kept, cut = word_ids[:room], word_ids[room:]
     if cut and warn:
