@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..capture.inputs import steps_run  # noqa: F401  (re-exported: how many steps img2img runs)
+
 
 def strength_sweep(pipe, image, prompt: str, strengths, seeds, **pipeline_kwargs) -> list[list]:
     """runs[i][j]: the Trace of seed ``seeds[i]`` at strength ``strengths[j]`` (img2img from ``image``)."""
@@ -17,14 +19,6 @@ def strength_sweep(pipe, image, prompt: str, strengths, seeds, **pipeline_kwargs
 
     return [[trace(pipe, prompt, seed=seed, image=image, strength=float(s), **pipeline_kwargs) for s in strengths]
             for seed in seeds]
-
-
-def steps_run(num_inference_steps: int, strength: float) -> int:
-    """How many denoising steps img2img runs: diffusers' min(int(num_inference_steps * strength), steps).
-
-    0 means the pipeline would have nothing to do (diffusers then fails deep inside); check before running.
-    """
-    return min(int(num_inference_steps * strength), num_inference_steps)
 
 
 def pictures(runs: list[list]) -> np.ndarray:
