@@ -101,11 +101,11 @@ def save_figure(figure: Figure, path: str | os.PathLike, *, run=None, params: di
     info.add_text("sdexplore", json.dumps(record, allow_nan=False))
     path.parent.mkdir(parents=True, exist_ok=True)
     with Image.open(io.BytesIO(buffer.getvalue())) as image:
-        _atomic_write(path, lambda handle: image.save(handle, format="PNG", pnginfo=info))
+        atomic_write(path, lambda handle: image.save(handle, format="PNG", pnginfo=info))
     _write_json(path.with_suffix(".json"), record)
     for extension in formats:
         if extension != "png":
-            _atomic_write(path.with_suffix(f".{extension}"),
+            atomic_write(path.with_suffix(f".{extension}"),
                           lambda handle, ext=extension: figure.savefig(handle, format=ext, dpi=dpi))
     return path
 
@@ -157,7 +157,7 @@ def save_animation(frames, path: str | os.PathLike, *, fps: float = 8, run=None,
         data = iio.imwrite("<bytes>", stack, extension=".gif", duration=1000 / fps, loop=0)
     else:
         data = _mp4_bytes(stack, fps)
-    _atomic_write(path, lambda handle: handle.write(data))
+    atomic_write(path, lambda handle: handle.write(data))
     _write_json(path.with_suffix(".json"), record)
     return path
 
@@ -214,10 +214,10 @@ def file_mode() -> int:
 def _write_json(path: Path, record: dict) -> None:
     """Strict JSON (no NaN/Infinity tokens), written atomically."""
     text = json.dumps(record, indent=2, allow_nan=False)
-    _atomic_write(path, lambda handle: handle.write(text.encode()))
+    atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write through a temporary file renamed into place, with the permissions a plain open() would give."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

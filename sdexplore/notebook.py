@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 INLINE_DPI = 80  # small enough for notebooks committed with their outputs, sharp enough to read
@@ -144,17 +143,11 @@ def _snapshot(folder: Path) -> dict[str, int]:
 
 
 def _write_notebook(notebook, path: Path) -> None:
-    """Atomically: a notebook is never left half-written."""
+    """Atomically: a notebook is never left half-written (the text nbformat.write would write)."""
     import nbformat
 
-    from .export import file_mode
+    from .export import atomic_write
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        nbformat.write(notebook, tmp)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = nbformat.writes(notebook)
+    text += "" if text.endswith("\n") else "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
