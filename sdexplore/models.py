@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 from diffusers import (
-    AutoencoderKL,
     AutoPipelineForImage2Image,
     AutoPipelineForInpainting,
     DDIMScheduler,
@@ -22,14 +21,11 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     PNDMScheduler,
-    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
-    UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from .notices import quiet_loading
-from .tokenizer import build_clip_tokenizer
+from .tiny import TINY_KINDS, TINY_WORDS, tiny_pipeline  # noqa: F401 (re-exported)
 
 SCHEDULERS = {
     "ddim": DDIMScheduler,
@@ -41,12 +37,6 @@ SCHEDULERS = {
 }
 
 TOY_WEIGHTS = Path(__file__).parent / "toy" / "weights"
-
-TINY_WORDS = (
-    "a an the photo picture painting of and with in on at by cat cats kitten dog bird fish ball box "
-    "palm tree sea wave waves sand beach grass sky orange black white grey gray green yellow blue red "
-    "tabby bicolor eyes left right top bottom center small large big style edvard munch"
-).split()
 
 
 class ModelNotAvailableError(OSError):
@@ -63,7 +53,7 @@ def load_pipeline(
     """Return a ready diffusers pipeline.
 
     model: "toy" (the shipped toy-world model), "tiny" (random SD1-shaped, for tests; also
-    "tiny-sd2" and "tiny-inpaint"), a local diffusers folder, or a hub id such as
+    "tiny-sd2", "tiny-inpaint", "tiny-sdxl", "tiny-sd3", "tiny-flux"), a local diffusers folder, or a hub id such as
     "stable-diffusion-v1-5/stable-diffusion-v1-5" (loaded from the local cache or the network).
     scheduler: one of ``SCHEDULERS`` ("ddim", "ddpm", "euler", "euler_a", "dpm++", "pndm").
     """
@@ -154,8 +144,11 @@ def _from_pretrained(name: str) -> DiffusionPipeline:
     path = Path(name).expanduser()
     if path.exists() and not (path / "model_index.json").exists():
         raise ModelNotAvailableError(f"{path} is not a diffusers pipeline folder (no model_index.json in it)")
+    source = str(path) if path.exists() else name
     try:
-        return DiffusionPipeline.from_pretrained(str(path) if path.exists() else name, safety_checker=None)
+        # SD 1.x/2.x folders name a safety checker: load without it (the other families have none)
+        has_checker = "safety_checker" in DiffusionPipeline.load_config(source)
+        return DiffusionPipeline.from_pretrained(source, **({"safety_checker": None} if has_checker else {}))
     except (OSError, ValueError) as error:
         if path.exists():
             raise
@@ -166,97 +159,3 @@ def _from_pretrained(name: str) -> DiffusionPipeline:
             f"then load it here; or pass a local folder saved with `pipe.save_pretrained(folder)`. "
             f"Underlying error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         ) from error
-
-
-# --- the tiny random pipelines used by the tests ---------------------------------------------
-
-TINY_KINDS = ("tiny", "tiny-sd2", "tiny-inpaint")
-
-
-def tiny_pipeline(kind: str = "tiny", seed: int = 0) -> DiffusionPipeline:
-    """A random-initialised SD-shaped pipeline built in code, deterministic for a given seed.
-
-    "tiny": SD1-shaped (epsilon prediction, conv projections, one head size);
-    "tiny-sd2": SD2-shaped (v-prediction, linear projections, per-block head dims, upcast attention);
-    "tiny-inpaint": SD1-shaped with the 9-channel inpainting UNet.
-    Images are 64x64, latents 4x8x8 (the VAE downsamples 8x, as SD's does).
-    """
-    if kind not in TINY_KINDS:
-        raise ValueError(f"unknown tiny model {kind!r}; choose one of: {', '.join(TINY_KINDS)}")
-    sd2 = kind == "tiny-sd2"
-    tokenizer = build_clip_tokenizer(TINY_WORDS)  # deterministic merges: same ids in every process
-    with torch.random.fork_rng(devices=[]):  # seeded weights, and the caller's random state left as it was
-        torch.manual_seed(seed)
-        unet = _tiny_unet(sd2=sd2, in_channels=9 if kind == "tiny-inpaint" else 4)
-        vae = _tiny_vae()
-        text_encoder = CLIPTextModel(_tiny_text_config(tokenizer, sd2=sd2))
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="v_prediction" if sd2 else "epsilon",
-    )
-    pipeline_class = StableDiffusionInpaintPipeline if kind == "tiny-inpaint" else StableDiffusionPipeline
-    pipe = pipeline_class(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _tiny_unet(*, sd2: bool, in_channels: int) -> UNet2DConditionModel:
-    """Cross-attention at 8x8 and 4x4 latent resolutions (SD has it at 64, 32, 16 and 8)."""
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=in_channels,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=(2, 4) if sd2 else 8,
-        use_linear_projection=sd2,
-        upcast_attention=sd2,
-        norm_num_groups=8,
-    )
-
-
-def _tiny_vae() -> AutoencoderKL:
-    """64x64 RGB <-> 4x8x8 latents: three downsamplings, like SD's 8x VAE."""
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 16, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=64,
-    )
-
-
-def _tiny_text_config(tokenizer, *, sd2: bool) -> CLIPTextConfig:
-    return CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        hidden_act="gelu" if sd2 else "quick_gelu",
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )

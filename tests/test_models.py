@@ -86,3 +86,34 @@ def test_missing_toy_weights_say_how_to_get_them(monkeypatch, tmp_path):
 def test_img2img_and_inpaint_siblings_share_the_weights(tiny):
     img2img, inpaint = sdexplore.as_img2img(tiny), sdexplore.as_inpaint(tiny)
     assert img2img.unet is tiny.unet and inpaint.vae is tiny.vae
+
+
+@pytest.mark.parametrize("kind, pipeline_class, denoiser, latent_channels", [
+    ("tiny-sdxl", "StableDiffusionXLPipeline", "unet", 4),
+    ("tiny-sd3", "StableDiffusion3Pipeline", "transformer", 16),
+    ("tiny-flux", "FluxPipeline", "transformer", 16),
+])
+def test_tiny_families_run_save_and_load_back(tmp_path, kind, pipeline_class, denoiser, latent_channels):
+    pipe = sdexplore.tiny_pipeline(kind)
+    assert type(pipe).__name__ == pipeline_class
+    assert hasattr(pipe, denoiser) and pipe.vae.config.latent_channels == latent_channels
+
+    def run(p):
+        return p("a cat", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                 output_type="np").images
+
+    before = run(pipe)
+    pipe.save_pretrained(tmp_path / kind)
+    loaded = sdexplore.load_pipeline(tmp_path / kind)
+    assert type(loaded).__name__ == pipeline_class
+    np.testing.assert_allclose(run(loaded), before, atol=1e-5)
+    assert not np.allclose(run(sdexplore.tiny_pipeline(kind, seed=1)), before, atol=1e-3)
+
+
+def test_tiny_t5_tokenizer_speaks_t5():
+    from sdexplore.tiny import tiny_t5_tokenizer
+
+    tokenizer = tiny_t5_tokenizer()
+    ids = tokenizer("a cat by the zzq").input_ids
+    assert tokenizer.convert_ids_to_tokens(ids) == ["▁a", "▁cat", "▁by", "▁the", "▁z", "z", "q", "</s>"]
+    assert tokenizer.pad_token == "<pad>" and tokenizer.unk_token_id not in ids
