@@ -1,0 +1,300 @@
+"""What differs between the pipeline families sdexplore traces, in one place.
+
+A ``Family`` says, for SD 1.x/2.x, SDXL, SD3/3.5 and Flux.1:
+- which module denoises (``pipe.unet`` or ``pipe.transformer``) and how to read its call: the
+  keyword names of the latent input, the text sequence, the pooled text embedding and SDXL's
+  time ids (every call is bound to the module's own ``forward`` signature, so positional and
+  keyword calls read the same);
+- whether its latents travel packed (Flux: 2x2 patches of a [C, h, w] latent as 4C-wide tokens);
+- its text encoders (tokenizer and encoder attribute names, which prompt keyword each reads, the
+  length each pads to) and which of them make the text sequence the denoiser attends to.
+
+``sequence_tokens(pipe, prompt)`` is the token table of that sequence (one row per position),
+``token_tables(pipe, prompt)`` the table of every encoder. ``python -m sdexplore.capture.families
+--table`` prints the README's table of what a trace captures on each tiny pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..prompts import Token, token_table
+
+PREDICTION_KINDS = ("epsilon", "v_prediction", "sample", "flow")
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """One text encoder of a pipeline.
+
+    name: the key of its token table ("clip", "clip_2", "t5"); tokenizer / text_encoder: the
+    pipeline's attribute names; prompt_arg: the call keyword it reads (falls back to ``prompt``);
+    length: tokens it pads to, an int or "max_sequence_length" (the call's, else its default).
+    """
+
+    name: str
+    tokenizer: str
+    text_encoder: str
+    prompt_arg: str
+    length: int | str = 77
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one family's pipelines call their denoiser and encode their prompt (see the module docstring).
+
+    pooled / time_ids: where the denoiser's call carries them ("added_cond_kwargs.text_embeds" reads a
+    key of a dict keyword); sequence: names of the encoders whose tokens the denoiser attends to, in
+    order; true_cfg_calls: CFG (when asked) is two denoiser calls per step, text first (Flux's true CFG).
+    """
+
+    name: str
+    denoiser: str
+    latent_arg: str
+    encoders: tuple[Encoder, ...]
+    sequence: tuple[str, ...]
+    text_arg: str = "encoder_hidden_states"
+    pooled: str | None = None
+    time_ids: str | None = None
+    packed: bool = False
+    true_cfg_calls: bool = False
+
+    def encoder(self, name: str) -> Encoder:
+        return next(e for e in self.encoders if e.name == name)
+
+
+_CLIP = Encoder("clip", "tokenizer", "text_encoder", "prompt")
+_CLIP_2 = Encoder("clip_2", "tokenizer_2", "text_encoder_2", "prompt_2")
+
+SD = Family("sd", "unet", "sample", (_CLIP,), ("clip",))
+SDXL = Family("sdxl", "unet", "sample", (_CLIP, _CLIP_2), ("clip",),
+              pooled="added_cond_kwargs.text_embeds", time_ids="added_cond_kwargs.time_ids")
+SD3 = Family("sd3", "transformer", "hidden_states",
+             (_CLIP, _CLIP_2, Encoder("t5", "tokenizer_3", "text_encoder_3", "prompt_3", "max_sequence_length")),
+             ("clip", "t5"), pooled="pooled_projections")
+FLUX = Family("flux", "transformer", "hidden_states",
+              (_CLIP, Encoder("t5", "tokenizer_2", "text_encoder_2", "prompt_2", "max_sequence_length")),
+              ("t5",), pooled="pooled_projections", packed=True, true_cfg_calls=True)
+FAMILIES = {family.name: family for family in (SD, SDXL, SD3, FLUX)}
+
+
+def family_of(pipe) -> Family:
+    """The family of a diffusers pipeline, from its components; TypeError naming the supported ones."""
+    components = getattr(pipe, "components", None) or {}
+    transformer = components.get("transformer")
+    if transformer is not None:
+        if "text_encoder_3" in components or "tokenizer_3" in components:
+            return SD3
+        if type(transformer).__name__.startswith("Flux") and "tokenizer_2" in components:
+            return FLUX
+    elif components.get("unet") is not None:
+        return SDXL if "text_encoder_2" in components else SD
+    raise TypeError(f"{type(pipe).__name__} is not a pipeline family sdexplore traces: it traces Stable Diffusion "
+                    "1.x/2.x and SDXL (a unet), SD3/3.5 (an SD3 transformer with three text encoders) and "
+                    "Flux.1 (a Flux transformer)")
+
+
+def denoiser_of(pipe) -> torch.nn.Module:
+    """The module that predicts at every step: ``pipe.unet`` or ``pipe.transformer``."""
+    return getattr(pipe, family_of(pipe).denoiser)
+
+
+def prediction_kind(pipe) -> str:
+    """What the denoiser predicts: "epsilon", "v_prediction", "sample" or "flow" (a velocity, flow matching)."""
+    scheduler = pipe.scheduler
+    if type(scheduler).__name__.startswith("FlowMatch"):
+        return "flow"
+    return scheduler.config.get("prediction_type", "epsilon")
+
+
+def latent_channels(pipe) -> int:
+    """Channels of the unpacked latents [C, h, w] (4 for SD/SDXL, 16 for SD3 and Flux)."""
+    return int(pipe.vae.config.latent_channels)
+
+
+# --- reading one denoiser call ------------------------------------------------------------------------
+
+
+@dataclass
+class DenoiserCall:
+    """What one denoiser call was given. latents: [B*, C, h, w] (UNet, SD3) or [B*, L, 4C] (Flux, packed);
+    text: [B*, T, D]; pooled: [B*, P]; time_ids: [B*, 6]; grid: (h, w) of the unpacked latents (Flux)."""
+
+    latents: torch.Tensor
+    timestep: torch.Tensor | float
+    text: torch.Tensor | None
+    pooled: torch.Tensor | None
+    time_ids: torch.Tensor | None
+    grid: tuple[int, int] | None
+
+
+def read_call(family: Family, module, args: tuple, kwargs: dict) -> DenoiserCall:
+    """Bind a forward call to ``module.forward``'s signature and pick out what ``family`` names."""
+    bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
+    grid = None
+    if family.packed:
+        grid = packed_grid(bound.get("img_ids"), bound[family.latent_arg].shape[1])
+    return DenoiserCall(latents=bound[family.latent_arg], timestep=bound.get("timestep"),
+                        text=bound.get(family.text_arg), pooled=_dotted(bound, family.pooled),
+                        time_ids=_dotted(bound, family.time_ids), grid=grid)
+
+
+def _dotted(arguments: dict, path: str | None):
+    """arguments["a"]["b"] for path "a.b"; None where any part is missing."""
+    value = arguments if path else None
+    for part in (path or "").split(".") if path else ():
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+# --- Flux's packed latents ------------------------------------------------------------------------------
+
+
+def packed_grid(img_ids: torch.Tensor | None, length: int) -> tuple[int, int]:
+    """(h, w) of the unpacked latents from Flux's image position ids [L, 3] (0, row, column) of the 2x2 patches."""
+    if img_ids is None:
+        raise ValueError("the Flux transformer was called without img_ids: cannot tell the latents' height and width")
+    ids = img_ids.reshape(-1, img_ids.shape[-1])[-length:]
+    rows, cols = int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
+    if rows * cols != length:
+        raise ValueError(f"Flux img_ids describe a {rows}x{cols} grid but the latents hold {length} tokens")
+    return 2 * rows, 2 * cols
+
+
+def unpack_latents(packed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """[B, (h/2)(w/2), 4C] Flux tokens -> [B, C, h, w] latents.
+
+    Each token is one 2x2 patch, its 4C features ordered (channel, dy, dx), tokens in row-major
+    patch order: the inverse of FluxPipeline's packing.
+    """
+    height, width = grid
+    batch, length, features = packed.shape
+    channels = features // 4
+    patches = packed.reshape(batch, height // 2, width // 2, channels, 2, 2)
+    return patches.permute(0, 3, 1, 4, 2, 5).reshape(batch, channels, height, width)
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """[B, C, h, w] -> [B, (h/2)(w/2), 4C]: the inverse of ``unpack_latents``."""
+    batch, channels, height, width = latents.shape
+    patches = latents.reshape(batch, channels, height // 2, 2, width // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return patches.reshape(batch, (height // 2) * (width // 2), channels * 4)
+
+
+# --- token tables -----------------------------------------------------------------------------------------
+
+
+def encoders_present(pipe) -> list[Encoder]:
+    """The family's encoders whose tokenizer the pipeline has (SDXL's refiner has no first CLIP, SD3 may lack T5)."""
+    return [e for e in family_of(pipe).encoders if getattr(pipe, e.tokenizer, None) is not None]
+
+
+def token_tables(pipe, prompt: str, *, warn: bool = True, **call_kwargs) -> dict[str, list[Token]]:
+    """The token table of ``prompt`` for every text encoder present, keyed by encoder name.
+
+    call_kwargs: the pipeline call's keywords; prompt_2/prompt_3 and max_sequence_length are read as
+    the pipeline reads them.
+    """
+    tables = {}
+    for encoder in encoders_present(pipe):
+        text = call_kwargs.get(encoder.prompt_arg) or prompt
+        tables[encoder.name] = token_table(getattr(pipe, encoder.tokenizer), text, warn=warn,
+                                           max_length=_length(pipe, encoder, call_kwargs), encoder=encoder.name)
+    return tables
+
+
+def sequence_tokens(pipe, prompt: str, *, warn: bool = True, tables: dict | None = None,
+                    **call_kwargs) -> list[Token]:
+    """One Token per position of the text sequence the denoiser attends to, in order; ``position`` is the index.
+
+    SD 1.x/2.x and SDXL: the 77 CLIP positions (SDXL's two encoders are concatenated along features,
+    so they share positions: the first one's table is used), then any truncated tokens (positions >= 77,
+    truncated=True). SD3: 77 CLIP positions, then max_sequence_length T5 positions (CLIP's truncated
+    tokens are only in its own table). Flux: the max_sequence_length T5 positions, then any truncated.
+    """
+    family = family_of(pipe)
+    tables = tables if tables is not None else token_tables(pipe, prompt, warn=warn, **call_kwargs)
+    parts = [name for name in family.sequence if name in tables]
+    if family is SD3 and "clip" not in tables and "clip_2" in tables:
+        parts = ["clip_2", *parts]
+    if not parts and tables:  # SDXL's refiner: the second CLIP encoder only
+        parts = [next(iter(tables))]
+    rows, offset = [], 0
+    for index, name in enumerate(parts):
+        last = index == len(parts) - 1
+        visible = [t for t in tables[name] if last or not t.truncated]
+        rows += [replace(t, position=t.position + offset) for t in visible]
+        offset += sum(not t.truncated for t in tables[name])
+    return rows
+
+
+def _length(pipe, encoder: Encoder, call_kwargs: dict) -> int:
+    if isinstance(encoder.length, int):
+        return encoder.length
+    from .inputs import default_of
+
+    return int(call_kwargs.get("max_sequence_length") or default_of(pipe, "max_sequence_length", 256))
+
+
+# --- the README's capture table ---------------------------------------------------------------------------
+
+TABLE_KINDS = ("tiny", "tiny-sd2", "tiny-sdxl", "tiny-sd3", "tiny-flux")
+TABLE_START = "<!-- capture-table:start (python -m sdexplore.capture.families --table) -->"
+TABLE_END = "<!-- capture-table:end -->"
+
+
+def capture_row(kind: str, run) -> list[str]:
+    """One row of the capture table, read from a Trace of pipeline ``kind``."""
+    params = run.params
+    step = run.latents.shape[2:]
+    tables = run.token_tables or {"clip": run.tokens}
+    return [
+        f"`{kind}` ({params['pipeline']})",
+        params["prediction_kind"],
+        f"[{step[0]}, {step[1]}, {step[2]}]" + (" unpacked" if params.get("packed_latents") else ""),
+        "yes" if run.noise_pred_uncond is not None else "no",
+        ", ".join(f"{name} {len([t for t in table[0] if not t.truncated])}" for name, table in tables.items()),
+        str(len(run.tokens[0])),
+        "yes" if run.pooled_prompt_embeds is not None else "no",
+        "yes" if run.time_ids is not None else "no",
+        "yes" if run.scheduler_x0 is not None else "no (x0 computed)",
+    ]
+
+
+TABLE_HEADER = ["pipeline", "prediction", "latents per step [C, h, w]", "CFG parts",
+                "token tables (positions)", "sequence positions", "pooled", "time ids", "scheduler's own x0"]
+
+
+def capture_table(runs: dict) -> str:
+    """Markdown table, one row per (kind -> Trace) of ``runs``."""
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
+    lines += ["| " + " | ".join(capture_row(kind, run)) + " |" for kind, run in runs.items()]
+    return "\n".join(lines)
+
+
+def table_runs() -> dict:
+    """The traces the capture table is made from: each tiny pipeline, 2 steps, seed 0."""
+    from .. import load_pipeline, trace
+
+    return {kind: trace(load_pipeline(kind), "a cat on the beach", seed=0, num_inference_steps=2)
+            for kind in TABLE_KINDS}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sdexplore.capture.families",
+                                     description="what a trace captures on each pipeline family")
+    parser.add_argument("--table", action="store_true", help="print the README's capture table (markdown)")
+    arguments = parser.parse_args(argv)
+    if arguments.table:
+        print(capture_table(table_runs()))
+    else:
+        for family in FAMILIES.values():
+            print(f"{family.name}: {family.denoiser}, text sequence {' + '.join(family.sequence)}")
+
+
+if __name__ == "__main__":
+    main()
