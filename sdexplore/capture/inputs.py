@@ -118,7 +118,7 @@ def check_prompt(prompt, name: str = "prompt", *, optional: bool = False) -> lis
 
 
 def check_pipeline(pipe, name: str = "pipe") -> None:
-    """A diffusers pipeline of a family sdexplore traces (SD 1.x/2.x, SDXL, SD3, Flux): a denoiser, a VAE, a scheduler."""
+    """A diffusers pipeline of a family sdexplore traces (SD 1.x/2.x, SDXL, SD3, Flux): denoiser, VAE, scheduler."""
     from .families import family_of
 
     has_denoiser = getattr(pipe, "unet", None) is not None or getattr(pipe, "transformer", None) is not None
@@ -491,7 +491,7 @@ def _denoiser(pipe):
 
 
 def _text_width(pipe) -> int:
-    """Features per text token the denoiser takes: the UNet's cross_attention_dim, a transformer's joint_attention_dim."""
+    """Features per text token the denoiser takes (UNet: cross_attention_dim, transformer: joint_attention_dim)."""
     config = _denoiser(pipe).config
     return int(config.get("cross_attention_dim") or config.get("joint_attention_dim"))
 
@@ -635,8 +635,8 @@ def _unused(pipe, kwargs: dict, guidance: float) -> dict[str, str]:
             for name in ("negative_prompt", "negative_prompt_2", "negative_prompt_embeds",
                          "negative_pooled_prompt_embeds"):
                 if name in kwargs:
-                    unused[name] = (f"{type(pipe).__name__} runs classifier-free guidance only with true_cfg_scale > 1 "
-                                    f"(got {true_cfg}); its guidance_scale is the distilled guidance the model is given")
+                    unused[name] = (f"{type(pipe).__name__} runs classifier-free guidance only with true_cfg_scale "
+                                    f"> 1 (got {true_cfg}); its guidance_scale is the distilled guidance it is given")
     guided = guidance > 1.0 and getattr(_denoiser(pipe).config, "time_cond_proj_dim", None) is None
     if "true_cfg_scale" in pipeline_parameters(pipe):
         guided = True  # negative prompts judged above
