@@ -49,7 +49,9 @@ class Family:
 
     pooled / time_ids: where the denoiser's call carries them ("added_cond_kwargs.text_embeds" reads a
     key of a dict keyword); sequence: names of the encoders whose tokens the denoiser attends to, in
-    order; true_cfg_calls: CFG (when asked) is two denoiser calls per step, text first (Flux's true CFG).
+    order; true_cfg_calls: CFG (when asked) is two denoiser calls per step, text first (Flux's true CFG);
+    size_from_image: img2img/inpainting make a picture of image='s size when height/width are not given
+    (Flux's default to 1024x1024 and resize the picture: sdexplore then passes the picture's size).
     """
 
     name: str
@@ -62,6 +64,7 @@ class Family:
     time_ids: str | None = None
     packed: bool = False
     true_cfg_calls: bool = False
+    size_from_image: bool = True
 
     def encoder(self, name: str) -> Encoder:
         return next(e for e in self.encoders if e.name == name)
@@ -78,7 +81,8 @@ SD3 = Family("sd3", "transformer", "hidden_states",
              ("clip", "t5"), pooled="pooled_projections")
 FLUX = Family("flux", "transformer", "hidden_states",
               (_CLIP, Encoder("t5", "tokenizer_2", "text_encoder_2", "prompt_2", "max_sequence_length")),
-              ("t5",), pooled="pooled_projections", packed=True, true_cfg_calls=True)
+              ("t5",), pooled="pooled_projections", packed=True, true_cfg_calls=True,
+              size_from_image=False)
 FAMILIES = {family.name: family for family in (SD, SDXL, SD3, FLUX)}
 
 

@@ -549,6 +549,11 @@ def _check_pictures(pipe, kwargs: dict, accepted: dict, batch: int, images_per_p
             raise ValueError(f"height/width {asked[1]}x{asked[0]} differ from image's size {pictures.size[1]}x"
                              f"{pictures.size[0]}: diffusers would resize the picture and the mask, and the trace "
                              "would keep a picture that was not the one used; resize them yourself first")
+        from .families import family_of
+
+        if not family_of(pipe).size_from_image and "height" in accepted:
+            kwargs["width"] = kwargs.get("width") or pictures.size[0]  # not 1024x1024 from a resized picture
+            kwargs["height"] = kwargs.get("height") or pictures.size[1]
     return inputs
 
 
