@@ -281,10 +281,10 @@ def capture_table(runs: dict) -> str:
 
 
 def table_runs() -> dict:
-    """The traces the capture table is made from: each tiny pipeline, 2 steps, seed 0."""
+    """The traces the capture table is made from: each tiny pipeline, 2 steps, 64x64, seed 0."""
     from .. import load_pipeline, trace
 
-    return {kind: trace(load_pipeline(kind), "a cat on the beach", seed=0, num_inference_steps=2)
+    return {kind: trace(load_pipeline(kind), "a cat on the beach", seed=0, num_inference_steps=2, height=64, width=64)
             for kind in TABLE_KINDS}
 
 
