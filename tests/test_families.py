@@ -13,10 +13,9 @@ from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, FluxP
 from PIL import Image
 
 import sdexplore
-from sdexplore.capture import families
+from sdexplore.capture import table as capture_tables
 from sdexplore.capture.families import (
     FAMILIES,
-    capture_table,
     family_of,
     pack_latents,
     sequence_tokens,
@@ -349,10 +348,11 @@ def test_inpainting_siblings_trace_and_keep_the_unmasked_latents(pipes, kind, ex
 
 def test_readme_capture_table_is_generated_from_the_traces():
     text = README.read_text()
-    match = re.search(re.escape(families.TABLE_START) + r"\n(.*?)\n" + re.escape(families.TABLE_END), text, re.S)
+    pattern = re.escape(capture_tables.TABLE_START) + r"\n(.*?)\n" + re.escape(capture_tables.TABLE_END)
+    match = re.search(pattern, text, re.S)
     assert match, "README.md lacks the capture table markers"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnusedArgumentWarning)
-        table = capture_table(families.table_runs())
+        table = capture_tables.capture_table(capture_tables.table_runs())
     assert match.group(1).strip() == table.strip(), \
-        "README's capture table differs from `python -m sdexplore.capture.families --table`; paste its output"
+        "README's capture table differs from `python -m sdexplore.capture.table`; paste its output"

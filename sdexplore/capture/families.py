@@ -10,13 +10,12 @@ A ``Family`` says, for SD 1.x/2.x, SDXL, SD3/3.5 and Flux.1:
   length each pads to) and which of them make the text sequence the denoiser attends to.
 
 ``sequence_tokens(pipe, prompt)`` is the token table of that sequence (one row per position),
-``token_tables(pipe, prompt)`` the table of every encoder. ``python -m sdexplore.capture.families
---table`` prints the README's table of what a trace captures on each tiny pipeline.
+``token_tables(pipe, prompt)`` the table of every encoder. What a trace captures on each family is
+the README's table, printed by ``python -m sdexplore.capture.table``.
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
 from dataclasses import dataclass, replace
 
@@ -242,63 +241,3 @@ def _length(pipe, encoder: Encoder, call_kwargs: dict) -> int:
     from .inputs import default_of
 
     return int(call_kwargs.get("max_sequence_length") or default_of(pipe, "max_sequence_length", 256))
-
-
-# --- the README's capture table ---------------------------------------------------------------------------
-
-TABLE_KINDS = ("tiny", "tiny-sd2", "tiny-sdxl", "tiny-sd3", "tiny-flux")
-TABLE_START = "<!-- capture-table:start (python -m sdexplore.capture.families --table) -->"
-TABLE_END = "<!-- capture-table:end -->"
-
-
-def capture_row(kind: str, run) -> list[str]:
-    """One row of the capture table, read from a Trace of pipeline ``kind``."""
-    params = run.params
-    step = run.latents.shape[2:]
-    tables = run.token_tables or {"clip": run.tokens}
-    return [
-        f"`{kind}` ({params['pipeline']})",
-        params["prediction_kind"],
-        f"[{step[0]}, {step[1]}, {step[2]}]" + (" unpacked" if params.get("packed_latents") else ""),
-        "yes" if run.noise_pred_uncond is not None else "no",
-        ", ".join(f"{name} {len([t for t in table[0] if not t.truncated])}" for name, table in tables.items()),
-        str(len(run.tokens[0])),
-        "yes" if run.pooled_prompt_embeds is not None else "no",
-        "yes" if run.time_ids is not None else "no",
-        "yes" if run.scheduler_x0 is not None else "no (x0 computed)",
-    ]
-
-
-TABLE_HEADER = ["pipeline", "prediction", "latents per step [C, h, w]", "CFG parts",
-                "token tables (positions)", "sequence positions", "pooled", "time ids", "scheduler's own x0"]
-
-
-def capture_table(runs: dict) -> str:
-    """Markdown table, one row per (kind -> Trace) of ``runs``."""
-    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
-    lines += ["| " + " | ".join(capture_row(kind, run)) + " |" for kind, run in runs.items()]
-    return "\n".join(lines)
-
-
-def table_runs() -> dict:
-    """The traces the capture table is made from: each tiny pipeline, 2 steps, 64x64, seed 0."""
-    from .. import load_pipeline, trace
-
-    return {kind: trace(load_pipeline(kind), "a cat on the beach", seed=0, num_inference_steps=2, height=64, width=64)
-            for kind in TABLE_KINDS}
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sdexplore.capture.families",
-                                     description="what a trace captures on each pipeline family")
-    parser.add_argument("--table", action="store_true", help="print the README's capture table (markdown)")
-    arguments = parser.parse_args(argv)
-    if arguments.table:
-        print(capture_table(table_runs()))
-    else:
-        for family in FAMILIES.values():
-            print(f"{family.name}: {family.denoiser}, text sequence {' + '.join(family.sequence)}")
-
-
-if __name__ == "__main__":
-    main()
