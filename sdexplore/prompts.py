@@ -73,7 +73,8 @@ def token_table(tokenizer, prompt: str, *, warn: bool = True, max_length: int | 
     if cut and warn:
         specials = "an end token" if sentencepiece else "start and end tokens"
         warnings.warn(
-            f"prompt has {len(word_ids)} word tokens but the {encoder} text encoder sees only {room} "
+            f"prompt has {len(word_ids)} word tokens but the {'' if encoder == 'clip' else encoder + ' '}text encoder "
+            f"sees only {room} "
             f"({max_length} with {specials}); {len(cut)} were cut: "
             f"{tokenizer.decode(cut)!r}. The token table lists them with truncated=True.",
             PromptTruncatedWarning,
