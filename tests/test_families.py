@@ -191,6 +191,16 @@ def test_sd3_sequence_is_77_clip_then_256_t5_positions(pipes, runs):
     assert set(run.token_tables) == {"clip", "clip_2", "t5"}
 
 
+def test_sd3_without_t5_attends_to_zero_positions_and_the_table_says_so(pipes):
+    pipe = pipes["tiny-sd3"]
+    without = type(pipe)(**{**pipe.components, "text_encoder_3": None, "tokenizer_3": None})
+    without.set_progress_bar_config(disable=True)
+    run = sdexplore.trace(without, PROMPT, seed=0, num_inference_steps=1, max_sequence_length=40)
+    assert len(run.tokens[0]) == run.prompt_embeds.shape[1] == 77 + 40 and set(run.token_tables) == {"clip", "clip_2"}
+    assert all(t.kind == "padding" and t.encoder == "t5" for t in run.tokens[0][77:])
+    assert run.prompt_embeds[0, 77:].abs().max() == 0
+
+
 def test_flux_sequence_is_t5_and_follows_max_sequence_length(pipes, runs):
     pipe, run = pipes["tiny-flux"], runs["tiny-flux"]
     embeds, pooled, _ = pipe.encode_prompt(prompt=PROMPT, prompt_2=None, device="cpu")

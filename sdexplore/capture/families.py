@@ -192,8 +192,10 @@ def pack_latents(latents: torch.Tensor) -> torch.Tensor:
 
 
 def encoders_present(pipe) -> list[Encoder]:
-    """The family's encoders whose tokenizer the pipeline has (SDXL's refiner has no first CLIP, SD3 may lack T5)."""
-    return [e for e in family_of(pipe).encoders if getattr(pipe, e.tokenizer, None) is not None]
+    """The family's encoders the pipeline has, tokenizer and model (SDXL's refiner has no first CLIP, SD3 may
+    be loaded without T5)."""
+    return [e for e in family_of(pipe).encoders
+            if getattr(pipe, e.tokenizer, None) is not None and getattr(pipe, e.text_encoder, None) is not None]
 
 
 def token_tables(pipe, prompt: str, *, warn: bool = True, **call_kwargs) -> dict[str, list[Token]]:
@@ -217,7 +219,9 @@ def sequence_tokens(pipe, prompt: str, *, warn: bool = True, tables: dict | None
     SD 1.x/2.x and SDXL: the 77 CLIP positions (SDXL's two encoders are concatenated along features,
     so they share positions: the first one's table is used), then any truncated tokens (positions >= 77,
     truncated=True). SD3: 77 CLIP positions, then max_sequence_length T5 positions (CLIP's truncated
-    tokens are only in its own table). Flux: the max_sequence_length T5 positions, then any truncated.
+    tokens are only in its own table; loaded without T5, max_sequence_length positions of zeros, text
+    "<no T5: zeros>").
+    Flux: the max_sequence_length T5 positions, then any truncated.
     """
     family = family_of(pipe)
     tables = tables if tables is not None else token_tables(pipe, prompt, warn=warn, **call_kwargs)
@@ -228,10 +232,13 @@ def sequence_tokens(pipe, prompt: str, *, warn: bool = True, tables: dict | None
         parts = [next(iter(tables))]
     rows, offset = [], 0
     for index, name in enumerate(parts):
-        last = index == len(parts) - 1
+        last = index == len(parts) - 1 and not (family is SD3 and "t5" not in tables)
         visible = [t for t in tables[name] if last or not t.truncated]
         rows += [replace(t, position=t.position + offset) for t in visible]
         offset += sum(not t.truncated for t in tables[name])
+    if family is SD3 and "t5" not in tables and tables:  # without T5, SD3 attends to max_sequence_length zeros
+        length = _length(pipe, family.encoder("t5"), call_kwargs)
+        rows += [Token(offset + i, 0, "<no T5: zeros>", "padding", None, None, False, "t5") for i in range(length)]
     return rows
 
 

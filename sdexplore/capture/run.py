@@ -66,7 +66,7 @@ class Tracing:
         _warn_non_finite(records)
         call_kwargs = params or {}
         by_encoder = [token_tables(self.pipe, p, **call_kwargs) for p in prompts]
-        tables = [sequence_tokens(self.pipe, p, tables=t) for p, t in zip(prompts, by_encoder)]
+        tables = [sequence_tokens(self.pipe, p, tables=t, **call_kwargs) for p, t in zip(prompts, by_encoder)]
         steps = self.steps
         uncond, text = steps.conditioning("text")
         pooled_uncond, pooled = steps.conditioning("pooled")
