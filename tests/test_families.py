@@ -85,6 +85,8 @@ def test_flow_x0_is_x_t_minus_sigma_v_and_the_step_rule_holds(runs, kind):
         torch.testing.assert_close(run.latents[i + 1], run.latents[i] + (next_sigma - sigmas[i]) * run.noise_pred[i],
                                    atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(run.x0[-1], run.latents[-1])  # the last step lands on its own x0 (sigma -> 0)
+    step = run.step(1)
+    assert step["sigma"] == pytest.approx(float(sigmas[1])) and step["prediction_kind"] == "flow"
 
 
 def test_sdxl_x0_matches_eulers_own(runs):
@@ -290,6 +292,7 @@ def test_describe_pipeline_records_family_and_what_previews_need(kind, family, d
     assert facts["vae_scaling_factor"] == pytest.approx(pipe.vae.config.scaling_factor)
     assert facts["vae_shift_factor"] == (None if shift is None else pytest.approx(shift))
     assert facts["prediction_kind"] == ("flow" if family in ("sd3", "flux") else "epsilon")
+    assert facts["prediction_type"] == facts["prediction_kind"]  # FlowMatch schedulers have no prediction_type
 
 
 def test_a_pipeline_of_another_family_is_refused_by_name():

@@ -135,9 +135,12 @@ class DenoiserCall:
     grid: tuple[int, int] | None
 
 
-def read_call(family: Family, module, args: tuple, kwargs: dict) -> DenoiserCall:
-    """Bind a forward call to ``module.forward``'s signature and pick out what ``family`` names."""
-    bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
+def read_call(family: Family, module, args: tuple, kwargs: dict,
+              signature: inspect.Signature | None = None) -> DenoiserCall:
+    """Bind a forward call to ``module.forward``'s signature (give it once per run) and pick out what ``family``
+    names."""
+    signature = signature or inspect.signature(module.forward)
+    bound = signature.bind_partial(*args, **kwargs).arguments
     grid = None
     if family.packed:
         grid = packed_grid(bound.get("img_ids"), bound[family.latent_arg].shape[1])

@@ -120,6 +120,8 @@ def trace(pipe, prompt: str | list[str], *, seed: int, attention=False, attentio
           **pipeline_kwargs) -> Trace:
     """Run ``pipe`` once on ``prompt`` with a fixed ``seed`` and return what every step did.
 
+    pipe: a Stable Diffusion 1.x/2.x, SDXL, SD3/3.5 or Flux.1 pipeline (sdexplore.capture.families).
+
     pipeline_kwargs are diffusers' own: num_inference_steps, guidance_scale, negative_prompt,
     image + strength (img2img), image + mask_image (inpainting), height, width, ...
     A txt2img pipeline given ``image`` (and ``mask_image``) is switched to its img2img
@@ -165,7 +167,7 @@ def describe_pipeline(pipe) -> dict:
         "denoiser": type(denoiser).__name__,
         "scheduler": type(scheduler).__name__,
         "scheduler_config": _json_safe(dict(scheduler.config)),
-        "prediction_type": scheduler.config.get("prediction_type", "epsilon"),
+        "prediction_type": scheduler.config.get("prediction_type", None) or prediction_kind(pipe),
         "prediction_kind": prediction_kind(pipe),
         "latent_channels": latent_channels(pipe),
         "packed_latents": family.packed,

@@ -24,6 +24,7 @@ scheduler's state was shared between two runs).
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 from dataclasses import dataclass, field
 
@@ -93,6 +94,7 @@ class StepRecorder:
 
     def __enter__(self) -> "StepRecorder":
         self._owner = threading.get_ident()
+        self._signature = inspect.signature(self.denoiser.forward)
         self._handles = [
             self.denoiser.register_forward_pre_hook(self._before_denoiser, with_kwargs=True),
             self.denoiser.register_forward_hook(self._after_denoiser, with_kwargs=True),
@@ -123,7 +125,7 @@ class StepRecorder:
     def _before_denoiser(self, module, args, kwargs):
         if self._is_foreign():
             return None
-        call = read_call(self.family, module, args, kwargs)
+        call = read_call(self.family, module, args, kwargs, self._signature)
         if not self.records:
             self.first_step_calls.append({name: None if value is None else _keep(value) for name, value in
                                           (("text", call.text), ("pooled", call.pooled), ("time_ids", call.time_ids))})

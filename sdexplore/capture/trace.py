@@ -106,9 +106,12 @@ class Trace:
         return int(step) % self.num_steps
 
     def step(self, step: int) -> dict:
-        """Everything recorded at one step: timestep, x_t, x_prev, x0 and the predictions [B, C, h, w]."""
+        """Everything recorded at one step: timestep, sigma (None where the scheduler keeps none), the
+        prediction kind, x_t, x_prev, x0 and the predictions [B, C, h, w]."""
         i = self.step_index(step)
         record = {"step": i, "timestep": float(self.timesteps[i]),
+                  "sigma": None if self.sigmas is None else float(self.sigmas[i]),
+                  "prediction_kind": self.prediction_kind,
                   "x_t": self.latents[i], "x_prev": self.latents[i + 1]}
         for name in _STEP_FIELDS:
             value = getattr(self, name)
