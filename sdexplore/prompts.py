@@ -110,15 +110,17 @@ class TokenGroup:
 
 
 def token_groups(tokens: list[Token]) -> list[TokenGroup]:
-    """The table's visible tokens (< 77) grouped: start, each word with its sub-words (in order), end, padding."""
+    """The table's visible tokens grouped: start, each word with its sub-words (in order), end, padding; a
+    sequence table of several encoders (SD3: CLIP then T5) gives each encoder's groups in turn."""
     groups: list[TokenGroup] = []
     labels = {"start": "<start>", "end": "<end>", "padding": "<pad>"}
     previous: Token | None = None
     for token in (t for t in tokens if not t.truncated):
         piece = token.text.removesuffix("</w>").removeprefix("▁")
-        same_word = token.kind == "word" and previous is not None and previous.kind == "word" \
+        same_encoder = previous is not None and previous.encoder == token.encoder
+        same_word = token.kind == "word" and same_encoder and previous.kind == "word" \
             and previous.word_index == token.word_index
-        if same_word or (token.kind == "padding" and previous is not None and previous.kind == "padding"):
+        if same_word or (token.kind == "padding" and same_encoder and previous.kind == "padding"):
             last = groups[-1]
             groups[-1] = TokenGroup(last.kind, last.label, last.positions + (token.position,), last.pieces + (piece,))
         else:
@@ -129,7 +131,7 @@ def token_groups(tokens: list[Token]) -> list[TokenGroup]:
 
 
 def word_positions(tokens: list[Token], word: str) -> list[int]:
-    """Positions (< 77) of every sub-word token of every occurrence of ``word``.
+    """Positions (the ones the model sees) of every sub-word token of every occurrence of ``word``.
 
     Raises ValueError listing the prompt's words when ``word`` is not one of them.
     """

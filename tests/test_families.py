@@ -26,7 +26,7 @@ from sdexplore.capture.inputs import UnusedArgumentWarning, default_of
 from sdexplore.capture.run import describe_pipeline, tracing
 from sdexplore.capture.steps import alpha_bar_at
 from sdexplore.capture.storage import save_tensors
-from sdexplore.prompts import Token, token_table
+from sdexplore.prompts import Token, token_groups, token_table
 
 KINDS = ("tiny-sdxl", "tiny-sd3", "tiny-flux")
 PROMPT = "a tabby cat on the beach"
@@ -191,6 +191,9 @@ def test_sd3_sequence_is_77_clip_then_256_t5_positions(pipes, runs):
     assert [t.id for t in run.token_table(encoder="clip_2")] == \
         pipe.tokenizer_2(PROMPT, padding="max_length", max_length=77, truncation=True).input_ids
     assert set(run.token_tables) == {"clip", "clip_2", "t5"}
+    groups = token_groups(table)
+    assert [g.label for g in groups if g.kind == "word"] == ["a", "tabby", "cat", "on", "the", "beach"] * 2
+    assert [g.kind for g in groups].count("padding") == 2 and groups[-1].positions[-1] == 332
 
 
 def test_sd3_without_t5_attends_to_zero_positions_and_the_table_says_so(pipes):
