@@ -20,7 +20,7 @@ from ..models import as_img2img, as_inpaint
 from .families import denoiser_of, family_of, latent_channels, prediction_kind, sequence_tokens, token_tables
 from .inputs import check_call, check_choice, check_pipeline, check_prompt, check_seed, describe
 from .locks import pipeline_lock
-from .steps import StepRecorder
+from .steps import StepRecorder, timestep_value
 from .trace import Trace
 
 ATTENTION_MODES = (False, True, "aggregate", "per_layer")
@@ -75,7 +75,7 @@ class Tracing:
         run_params = {"prompt": prompt, "seed": seed, **describe_pipeline(self.pipe), **(params or {})}
         attention = self.attention.result(tables) if self.attention is not None else None
         return Trace(
-            timesteps=torch.tensor([r.timestep for r in records], dtype=torch.float32),
+            timesteps=torch.tensor([timestep_value(r) for r in records], dtype=torch.float32),
             latents=_to_cpu(torch.stack([records[0].latents_in] + [r.latents_out for r in records])),
             x0=_to_cpu(torch.stack([r.x0 for r in records])),
             noise_pred=_to_cpu(torch.stack([r.noise_pred for r in records])),
@@ -321,7 +321,7 @@ def _warn_non_finite(records) -> None:
     for i, record in enumerate(records):
         for label, tensor in (("noise prediction", record.noise_pred), ("latents after the step", record.latents_out)):
             if not torch.isfinite(tensor).all():
-                warnings.warn(f"step {i} (timestep {record.timestep:g}): the {label} contain NaN or inf values; "
+                warnings.warn(f"step {i} (timestep {timestep_value(record):g}): the {label} contain NaN or inf values; "
                               "this step and every later one are meaningless (fp16 overflow? an extreme "
                               "guidance_scale? a callback?)", NonFiniteWarning, stacklevel=3)
                 return

@@ -36,9 +36,10 @@ from .families import denoiser_of, family_of, prediction_kind, read_call, unpack
 
 @dataclass
 class StepRecord:
-    """What one denoising step saw. Tensors float32 on the pipeline's device, shapes [B, C, h, w] (unpacked)."""
+    """What one denoising step saw. Tensors float32 on the pipeline's device, shapes [B, C, h, w] (unpacked);
+    timestep as the scheduler gave it (read as a float by ``timestep_value``, after the run: no device sync)."""
 
-    timestep: float
+    timestep: float | torch.Tensor
     latents_in: torch.Tensor
     noise_pred: torch.Tensor
     noise_pred_text: torch.Tensor
@@ -52,7 +53,7 @@ class StepRecord:
 @dataclass
 class _PendingCall:
     model_input: torch.Tensor  # [B*, C, h, w] (or Flux's packed [B*, L, 4C]) the latent part of the denoiser's input
-    timestep: float
+    timestep: float | torch.Tensor
     outputs: list = field(default_factory=list)
 
 
@@ -135,7 +136,7 @@ class StepRecorder:
             latents = call.latents
             if not self.family.packed:
                 latents = latents[:, :module.config.out_channels]  # inpainting UNets also get mask and picture
-            self._pending = _PendingCall(_keep(latents), _as_float(call.timestep))
+            self._pending = _PendingCall(_keep(latents), call.timestep)
         return None
 
     def _after_denoiser(self, module, args, kwargs, output):
@@ -176,12 +177,13 @@ class StepRecorder:
                                    "for flow matching")
             x0 = sample - sigma * guided
         else:
-            alpha_bar = 1.0 / (1.0 + sigma**2) if sigma is not None else alpha_bar_at(self.scheduler, pending.timestep)
-            x0 = predicted_x0(self.scheduler, pending.model_input[:batch], guided, pending.timestep,
+            seen_t = _as_float(pending.timestep) if sigma is None else None  # a device sync only where needed
+            alpha_bar = 1.0 / (1.0 + sigma**2) if sigma is not None else alpha_bar_at(self.scheduler, seen_t)
+            x0 = predicted_x0(self.scheduler, pending.model_input[:batch], guided, seen_t,
                               alpha_bar=alpha_bar, kind=self.prediction_kind)
         unpack = self._unpacked
         return StepRecord(
-            timestep=_as_float(timestep),
+            timestep=timestep.detach() if isinstance(timestep, torch.Tensor) else timestep,
             latents_in=unpack(sample),
             noise_pred=unpack(guided),
             noise_pred_text=unpack(text),
@@ -278,6 +280,11 @@ def alpha_bar_at(scheduler, timestep: float) -> float:
 def _keep(tensor: torch.Tensor) -> torch.Tensor:
     """A float32 copy, detached, left on its device (moved to the CPU once, in Tracing.to_trace)."""
     return tensor.detach().to(dtype=torch.float32).clone()
+
+
+def timestep_value(record: StepRecord) -> float:
+    """A record's timestep as a float."""
+    return _as_float(record.timestep)
 
 
 def _as_float(timestep) -> float:
