@@ -150,9 +150,11 @@ def read_call(family: Family, module, args: tuple, kwargs: dict,
 
 
 def _dotted(arguments: dict, path: str | None):
-    """arguments["a"]["b"] for path "a.b"; None where any part is missing."""
-    value = arguments if path else None
-    for part in (path or "").split(".") if path else ():
+    """arguments["a"]["b"] for path "a.b"; None for no path, or where any part is missing."""
+    if not path:
+        return None
+    value = arguments
+    for part in path.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return value
 
