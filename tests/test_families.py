@@ -104,6 +104,17 @@ def test_cfg_parts_combine_into_the_guided_prediction(pipes, runs, kind):
                                                                               run.noise_pred_uncond))
 
 
+def test_sd3_skip_layer_guidance_adds_a_call_the_cfg_parts_do_not_absorb(pipes):
+    """SD3's skip-layer guidance makes a third denoiser call at some steps; the CFG parts stay the CFG batch's."""
+    pipe = pipes["tiny-sd3"]
+    run = sdexplore.trace(pipe, PROMPT, seed=0, num_inference_steps=10, skip_guidance_layers=[0])
+    scale = default_of(pipe, "guidance_scale")
+    plain = run.noise_pred_uncond + scale * (run.noise_pred_text - run.noise_pred_uncond)
+    differs = [(run.noise_pred[i] - plain[i]).abs().max().item() > 1e-4 for i in range(run.num_steps)]
+    assert differs == [i == 1 for i in range(10)]  # guidance skipped layers only between 1% and 20% of the steps
+    assert run.noise_pred_text.shape == run.noise_pred.shape
+
+
 def test_flux_has_no_cfg_batch(runs):
     run = runs["tiny-flux"]
     assert run.noise_pred_uncond is None and run.negative_prompt_embeds is None
