@@ -65,6 +65,7 @@ def prefix_text_encoder_weights(text_encoder_dir: str | os.PathLike) -> Path:
                for name, value in tensors.items()}
     temporary = path.with_suffix(".tmp")
     save_file(renamed, str(temporary), metadata=metadata)
+    os.chmod(temporary, path.stat().st_mode & 0o777)  # the file's permissions, not the temporary file's
     os.replace(temporary, path)
     return path
 
