@@ -189,8 +189,11 @@ def save_latent_rgb(latent_rgb: LatentRGB, path: str | os.PathLike, *, fitted: d
               "weights": [[round(float(v), 6) for v in row] for row in latent_rgb.weights],
               "bias": [round(float(v), 6) for v in latent_rgb.bias],
               "fitted": fitted or {}}
+    rows = ",\n  ".join(json.dumps(row) for row in record["weights"])  # one line per channel: [r, g, b]
+    text = json.dumps({**record, "weights": "ROWS", "bias": "BIAS"}, indent=1)
+    text = text.replace('"ROWS"', f"[\n  {rows}\n ]").replace('"BIAS"', json.dumps(record["bias"]))
     path = Path(path)
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    path.write_text(text + "\n")
     return path
 
 
@@ -214,7 +217,8 @@ def fit_latent_rgb(vae, latents: torch.Tensor, *, scaling_factor: float | None =
     Each latent is decoded, the image is average-pooled to latent resolution, and
     [latent, 1] -> rgb is solved for every latent pixel at once.
     """
-    images = vae_decode(vae, latents, scaling_factor=scaling_factor, shift_factor=shift_factor)  # [B, 3, H, W]
+    images = torch.cat([vae_decode(vae, chunk, scaling_factor=scaling_factor, shift_factor=shift_factor)
+                        for chunk in latents.split(32)])  # [B, 3, H, W]
     pooled = F.adaptive_avg_pool2d(images, latents.shape[-2:])
     inputs = latents.float().permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
     inputs = torch.cat([inputs, torch.ones(len(inputs), 1)], dim=1)

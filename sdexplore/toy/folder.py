@@ -85,7 +85,8 @@ def world_latents(vae, *, images: int = LATENT_RGB_IMAGES, seed: int = LATENT_RG
 def preview_colour_error(latent_rgb, vae, latents: torch.Tensor) -> float:
     """Mean absolute difference, in 0..255 levels per channel, between the approx preview of ``latents``
     [N, C, h, w] and the VAE's decoding of them average-pooled to the same latent resolution."""
-    target = F.adaptive_avg_pool2d(vae_decode(vae, latents), latents.shape[-2:])
+    target = F.adaptive_avg_pool2d(torch.cat([vae_decode(vae, chunk) for chunk in latents.split(32)]),
+                                   latents.shape[-2:])
     return float((latent_rgb(latents) - target).abs().mean() * 127.5)
 
 
