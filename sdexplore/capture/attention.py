@@ -218,9 +218,10 @@ class AttentionRecorder:
 
     def _guard(self, batch: int, grid: tuple[int, int]) -> None:
         """Refuse, before the first step, a run that would keep more than max_bytes."""
-        rows = batch if self.keep_negative or not (self._guided() and batch % 2 == 0) else batch // 2
+        halves = self._guided() and batch % 2 == 0
+        rows = batch // 2 if halves and not self.keep_negative else batch
         capture = Capture(mode=self.mode, keep=self.keep, per_head=self.per_head, steps=self._planned_steps(),
-                          batch=rows, tokens=self._text_length or 0, grid=grid, text_to_text=self.text_to_text,
+                          batch=rows, negative=halves and self.keep_negative, tokens=self._text_length or 0, grid=grid, text_to_text=self.text_to_text,
                           patches=len(self.patches))
         plan = attention_plan(self.denoiser, grid)
         needed = kept_bytes(plan, capture, layers=self.layers)
@@ -395,8 +396,10 @@ class _Collector:
         else:
             for name in self.layer_sizes:
                 self._append(name, step, self._layers.get(name))
-        for key, (total, count) in self._relations.items():
-            self._append(key, step, total / count)
+        for key, (total, count) in self._relations.items():  # the text half only
+            mean = total / count
+            self._series.setdefault("text", {}).setdefault(key, _Series(self.summed)).append(
+                step, mean.chunk(2)[1] if self._split else mean)
         self._sums, self._count, self._layers, self._relations = {}, 0, {}, {}
 
     def _append(self, key: str, step: int, value: torch.Tensor | None) -> None:

@@ -33,14 +33,16 @@ class PlannedLayer:
 
 @dataclass(frozen=True)
 class Capture:
-    """What a run records: mode, keep, per_head, the steps S, batch rows kept B, text length T, grid h x w,
-    text→text maps (joint layers) and the number P of image→image query patches."""
+    """What a run records: mode, keep, per_head, the steps S, batch rows kept B (negative: they include the
+    negative half of a CFG batch, which the text→text and image→image maps leave out), text length T, grid
+    h x w, text→text maps (joint layers) and the number P of image→image query patches."""
 
     mode: str = "aggregate"
     keep: str = "per_step"
     per_head: bool = False
     steps: int = 50
     batch: int = 1
+    negative: bool = False
     tokens: int = 77
     grid: tuple[int, int] = (64, 64)
     text_to_text: bool = False
@@ -81,10 +83,11 @@ def kept_bytes(plan: dict[str, PlannedLayer], capture: Capture, layers=None) -> 
     else:
         total = sum(rows * capture.tokens * p.grid[0] * p.grid[1] * (p.heads if capture.per_head else 1)
                     for p in text_layers)
+    relation_rows = rows // 2 if capture.negative else rows
     if capture.text_to_text and any(p.kind in ("joint", "single") for p in text_layers):
-        total += rows * capture.tokens**2
+        total += relation_rows * capture.tokens**2
     if capture.patches:
-        total += rows * capture.patches * h * w
+        total += relation_rows * capture.patches * h * w
     return total
 
 
@@ -140,7 +143,7 @@ CAPTURES = {
     "aggregate, summed": dict(mode="aggregate", keep="summed"),
     "per_layer": dict(mode="per_layer"),
     "per_layer, per_head": dict(mode="per_layer", per_head=True),
-    "text→text": dict(mode="aggregate", text_to_text=True),
+    "aggregate + text→text": dict(mode="aggregate", text_to_text=True),
 }
 
 
@@ -163,11 +166,13 @@ def native_memory_table(families=None, captures=None) -> list[dict]:
         plan, spec = family_plan(family)
         side = spec["side"] // spec["pixels_per_token"]
         text_layers = sum(p.kind in TEXT_KINDS for p in plan.values())
+        joint = any(p.kind in ("joint", "single") for p in plan.values())
         for label, options in (captures or CAPTURES).items():
             capture = Capture(steps=spec["steps"], tokens=spec["tokens"], grid=(side, side), **options)
+            applies = joint or not capture.text_to_text  # text→text exists in joint attention only
             rows.append(dict(family=family, capture=label, resolution=spec["side"], steps=spec["steps"],
                              tokens=spec["tokens"], grid=side, layers=text_layers,
-                             bytes=kept_bytes(plan, capture)))
+                             bytes=kept_bytes(plan, capture) if applies else None))
     return rows
 
 
@@ -183,7 +188,7 @@ def markdown_memory_table(rows=None) -> str:
         first = mine[0]
         head = (f"{family} ({first['resolution']}², {first['steps']} steps, T={first['tokens']}, "
                 f"{first['grid']}x{first['grid']}, {first['layers']} layers)")
-        by_capture = {r["capture"]: describe_bytes(r["bytes"]) for r in mine}
+        by_capture = {r["capture"]: "—" if r["bytes"] is None else describe_bytes(r["bytes"]) for r in mine}
         lines.append(f"| {head} | " + " | ".join(by_capture[c] for c in captures) + " |")
     return "\n".join(lines)
 
