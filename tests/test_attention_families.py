@@ -127,9 +127,8 @@ class Explicit:
             cq, ck, cv = (split(proj(encoder_hidden_states), heads) for proj in
                           (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
             cq, ck = norm(attn, "norm_added_q", cq), norm(attn, "norm_added_k", ck)
-            order = (lambda text_part, image_part: torch.cat([text_part, image_part] if flux else
-                                                             [image_part, text_part], dim=1))
-            q, k, v = order(cq, q), order(ck, k), order(cv, v)
+            q, k, v = (torch.cat([text, image] if flux else [image, text], dim=1)
+                       for text, image in ((cq, q), (ck, k), (cv, v)))
         elif flux:  # single stream: the text is the start of the sequence
             text, n = self.text_length, n - self.text_length
         if image_rotary_emb is not None:
@@ -256,7 +255,7 @@ def test_image_to_image_patch_maps_equal_the_explicit_softmax(explicit_runs, kin
     if kind == "tiny-sd35":
         assert "transformer_blocks.0.attn2" in self_layers  # SD3.5's image-only second attention counts too
     for step in range(2):
-        for index, (y, x) in enumerate([(0, 0), (3, 1)]):
+        for y, x in [(0, 0), (3, 1)]:
             layer_maps = []
             for name in self_layers:
                 image_image = parts(*kept[name][step])[2]

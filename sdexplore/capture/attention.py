@@ -221,7 +221,8 @@ class AttentionRecorder:
         halves = self._guided() and batch % 2 == 0
         rows = batch // 2 if halves and not self.keep_negative else batch
         capture = Capture(mode=self.mode, keep=self.keep, per_head=self.per_head, steps=self._planned_steps(),
-                          batch=rows, negative=halves and self.keep_negative, tokens=self._text_length or 0, grid=grid, text_to_text=self.text_to_text,
+                          batch=rows, negative=halves and self.keep_negative, tokens=self._text_length or 0,
+                          grid=grid, text_to_text=self.text_to_text,
                           patches=len(self.patches))
         plan = attention_plan(self.denoiser, grid)
         needed = kept_bytes(plan, capture, layers=self.layers)
