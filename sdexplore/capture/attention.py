@@ -277,8 +277,8 @@ class AttentionRecorder:
 
     def _negative_tables(self):
         """Token tables of the negative prompts: the text encoder's last call before the first step."""
-        if not self.keep_negative or len(self._text_encoder_ids) < 2:
-            return None
+        if not self.keep_negative or len(self._text_encoder_ids) < 2 or self._text_length != MAX_TOKENS:
+            return None  # (a text sequence that is not one 77-token CLIP table: by position only)
         tokenizer = self.pipe.tokenizer
         tables = []
         for ids in self._text_encoder_ids[-1].tolist():
@@ -364,7 +364,8 @@ class _Collector:
         self.layer_sizes.setdefault(name, size)
         self.layer_heads.setdefault(name, heads)
         if self.mode == "per_layer":
-            self._layers[name] = probs if self.per_head else probs.mean(1, dtype=torch.float32)
+            kept = probs if self.per_head else probs.mean(1, dtype=torch.float32)
+            self._layers[name] = kept if self.summed else kept.to(torch.float16)  # as kept on the CPU
             return
         heads_mean = probs.mean(1, dtype=torch.float32)  # [b, n, T]
         self._sums[size] = heads_mean if size not in self._sums else self._sums[size].add_(heads_mean)

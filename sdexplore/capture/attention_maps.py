@@ -25,7 +25,7 @@ FORMAT_VERSION = 2
 
 
 class AttentionMaps:
-    """The cross-attention maps kept by ``sdexplore.trace(..., attention=...)``.
+    """The attention maps kept by ``sdexplore.trace(..., attention=...)`` (or ``AttentionRecorder.result``).
 
     maps: mode "aggregate" → list over kept steps of [B, T, h, w] (layers and heads averaged);
     mode "per_layer" → {layer: list over kept steps of [B, n, T]} (n = hl·wl; per_head:
@@ -52,7 +52,7 @@ class AttentionMaps:
 
     @property
     def num_steps(self) -> int:
-        """S, the denoising steps recorded (UNet calls)."""
+        """S, the denoising steps recorded (denoiser calls)."""
         return len(self.timesteps)
 
     @property

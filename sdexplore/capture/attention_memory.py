@@ -91,6 +91,23 @@ def kept_bytes(plan: dict[str, PlannedLayer], capture: Capture, layers=None) -> 
     return total
 
 
+def device_bytes(plan: dict[str, PlannedLayer], capture: Capture, layers=None) -> int:
+    """Peak bytes the recording holds on the denoiser's device during a step: the largest layer's float32
+    probabilities [b, heads, n, T] while they are reduced, plus the step's sums (aggregate: one [b, n, T] per
+    grid and the [b, T, h, w] mean; per_layer: every layer's map until the step ends, float16 unless summed)."""
+    text_layers = [p for n, p in plan.items() if p.kind in TEXT_KINDS and (layers is None or n in layers)]
+    rows, tokens = capture.batch, capture.tokens
+    largest = max(4 * rows * p.heads * p.grid[0] * p.grid[1] * tokens for p in text_layers)
+    if capture.mode == "aggregate":
+        held = sum(4 * rows * h * w * tokens for h, w in {p.grid for p in text_layers})
+        held += 4 * rows * tokens * capture.grid[0] * capture.grid[1]
+    else:
+        per_value = 4 if capture.keep == "summed" else 2
+        held = sum(per_value * rows * p.grid[0] * p.grid[1] * tokens * (p.heads if capture.per_head else 1)
+                   for p in text_layers)
+    return largest + held
+
+
 def describe_bytes(count: int) -> str:
     """1536 → '1.5 KB' (powers of 1024)."""
     for unit in ("B", "KB", "MB", "GB"):
@@ -172,24 +189,30 @@ def native_memory_table(families=None, captures=None) -> list[dict]:
             applies = joint or not capture.text_to_text  # text→text exists in joint attention only
             rows.append(dict(family=family, capture=label, resolution=spec["side"], steps=spec["steps"],
                              tokens=spec["tokens"], grid=side, layers=text_layers,
-                             bytes=kept_bytes(plan, capture) if applies else None))
+                             bytes=kept_bytes(plan, capture) if applies else None,
+                             device_bytes=device_bytes(plan, capture)))
     return rows
 
 
 def markdown_memory_table(rows=None) -> str:
-    """The README's table: one line per family, one column per capture."""
+    """The README's table: one line per family, one column per capture (kept on the CPU at the end of the run),
+    then the peak the recording holds on the device during a step, aggregate and per_layer."""
     rows = rows if rows is not None else native_memory_table()
     captures = list(dict.fromkeys(r["capture"] for r in rows))
     families = list(dict.fromkeys(r["family"] for r in rows))
-    lines = ["| family (native size, steps, text tokens, grid, layers) | " + " | ".join(captures) + " |",
-             "|---|" + "---:|" * len(captures)]
+    device = ["aggregate", "per_layer"]
+    lines = ["| family (native size, steps, text tokens, grid, layers) | " + " | ".join(captures) + " | "
+             + " | ".join(f"device peak, {c}" for c in device) + " |",
+             "|---|" + "---:|" * (len(captures) + len(device))]
     for family in families:
         mine = [r for r in rows if r["family"] == family]
         first = mine[0]
         head = (f"{family} ({first['resolution']}², {first['steps']} steps, T={first['tokens']}, "
                 f"{first['grid']}x{first['grid']}, {first['layers']} layers)")
         by_capture = {r["capture"]: "—" if r["bytes"] is None else describe_bytes(r["bytes"]) for r in mine}
-        lines.append(f"| {head} | " + " | ".join(by_capture[c] for c in captures) + " |")
+        on_device = {r["capture"]: describe_bytes(r["device_bytes"]) for r in mine}
+        lines.append(f"| {head} | " + " | ".join(by_capture[c] for c in captures) + " | "
+                     + " | ".join(on_device[c] for c in device) + " |")
     return "\n".join(lines)
 
 
