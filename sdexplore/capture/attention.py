@@ -26,6 +26,7 @@ UncapturableAttentionError naming it and its processor, never a silently incompl
 
 from __future__ import annotations
 
+import inspect
 import threading
 
 import torch
@@ -106,6 +107,7 @@ class AttentionRecorder:
         self._owner: int | None = None
         self._text_length: int | None = None
         self._pixels_per_token = 1
+        self._capturable: dict[type, str | None] = {}  # processor class → why it cannot be captured (None: it can)
 
     @property
     def num_steps(self) -> int:
@@ -180,16 +182,19 @@ class AttentionRecorder:
         except AttributeError:  # outside a pipeline call, or a pipeline without CFG (Flux)
             return False
 
-    def _record(self, layer, args, kwargs) -> None:
+    def _record(self, layer, args, kwargs, signature=None) -> None:
         """One attention call: recompute its queries and keys for the wanted rows, keep what was asked."""
         collector = self._collector
         if threading.get_ident() != self._owner or not collector.is_open:
             return
-        reason = uncapturable_reason(layer, self.trusted)  # the processor may have been replaced mid-run
+        processor_type = type(layer.processor)  # it may have been replaced mid-run
+        if processor_type not in self._capturable:
+            self._capturable[processor_type] = uncapturable_reason(layer, self.trusted)
+        reason = self._capturable[processor_type]
         if reason:
             raise UncapturableAttentionError(f"attention layer {layer.name} ({type(layer.processor).__name__}) "
                                              f"cannot be captured exactly: {reason}")
-        inputs = bind_inputs(layer.module, args, kwargs)
+        inputs = bind_inputs(layer.module, args, kwargs, signature)
         rows = collector.rows(inputs["hidden_states"].shape[0], self.keep_negative)
         with torch.no_grad():
             qk = queries_and_keys(layer, inputs, rows, self._text_length)
@@ -294,9 +299,10 @@ class _LayerHook:
 
     def __init__(self, recorder: AttentionRecorder, layer):
         self.recorder, self.layer = recorder, layer
+        self.signature = inspect.signature(layer.module.forward)
 
     def __call__(self, module, args, kwargs):
-        self.recorder._record(self.layer, args, kwargs)
+        self.recorder._record(self.layer, args, kwargs, self.signature)
         return None
 
 

@@ -103,9 +103,10 @@ def uncapturable_reason(layer: AttentionLayer, trusted: tuple = ()) -> str | Non
             f"attention_options={{'trusted_processors': [{type(processor).__name__}]}}")
 
 
-def bind_inputs(module: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
-    """The module's forward arguments by name (hidden_states, encoder_hidden_states, attention_mask, ...)."""
-    bound = inspect.signature(module.forward).bind_partial(*args, **kwargs)
+def bind_inputs(module: torch.nn.Module, args: tuple, kwargs: dict, signature=None) -> dict:
+    """The module's forward arguments by name (hidden_states, encoder_hidden_states, attention_mask, ...);
+    signature: inspect.signature(module.forward), when the caller keeps it."""
+    bound = (signature or inspect.signature(module.forward)).bind_partial(*args, **kwargs)
     named = dict(bound.arguments)
     named.update(named.pop("kwargs", None) or {})
     return named
