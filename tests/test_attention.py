@@ -373,3 +373,18 @@ def test_figures_are_returned(run, layered):
     assert len(maps[1]) == 77
     assert len(maps[3]) == 7 * 9  # 7 layers x (start, 6 words, end, first padding)
     figures[2].savefig(io.BytesIO(), format="png")
+
+
+def test_trace_refuses_a_capture_over_its_budget(pipes):
+    from sdexplore.capture.attention import AttentionCaptureTooLargeError
+
+    pipe = pipes["tiny"]
+    # per_layer: 3 steps x 77 tokens x (3 layers at 8x8 + 4 at 4x4) x 2 bytes = 118272 bytes (115.5 KB);
+    # aggregate: 3 x 77 x 8 x 8 x 2 = 29568 bytes (28.9 KB)
+    with pytest.raises(AttentionCaptureTooLargeError, match=r"would keep 115.5 KB \(mode='per_layer'.*These fit: "
+                                                            r"attention='aggregate' keeps 28.9 KB"):
+        sdexplore.trace(pipe, PROMPT, seed=0, attention="per_layer", attention_options={"max_bytes": 40_000}, **FAST)
+    assert not any(module._forward_pre_hooks for module in pipe.unet.modules())
+    run = sdexplore.trace(pipe, PROMPT, seed=0, attention="per_layer", attention_options={"max_bytes": 118_272},
+                          **FAST)
+    assert run.attention.nbytes == 118_272

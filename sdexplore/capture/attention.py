@@ -235,7 +235,8 @@ class AttentionRecorder:
             return
         fits = [f"{label} keeps {describe_bytes(size)}" for label, size in self._alternatives(plan, capture)
                 if size <= self.max_bytes]
-        hint = "; ".join(fits) if fits else "no mode fits: record fewer layers (attention_options={'layers': [...]})"
+        hint = ("These fit: " + "; ".join(fits)) if fits else \
+            "No mode fits: record fewer layers (attention_options={'layers': [...]})"
         raise AttentionCaptureTooLargeError(
             f"this attention capture would keep {describe_bytes(needed)} (mode={self.mode!r}, keep={self.keep!r}"
             f"{', per_head=True' if self.per_head else ''}: {capture.steps} steps, {rows} image(s), "
