@@ -478,3 +478,22 @@ def test_bad_options_are_named(pipes):
         maps.text_attention()
     with pytest.raises(ValueError, match=r"image→image maps were not recorded.*self_attention_patches"):
         maps.self_attention_map((0, 0))
+
+
+def test_relations_are_saved_and_loaded(explicit_runs, tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from sdexplore.capture.attention_maps import AttentionMaps
+
+    maps = explicit_runs["tiny-flux"][1]
+    save_file(maps.to_tensors(), tmp_path / "maps.safetensors")
+    metadata = json.loads(json.dumps(maps.to_metadata()))
+    loaded = AttentionMaps.from_saved(load_file(tmp_path / "maps.safetensors"), metadata, maps.tokens)
+    assert loaded.relations == ["image_to_text", "text_to_text", "image_to_image"] and loaded.patches == maps.patches
+    assert torch.equal(loaded.text_attention(steps=1), maps.text_attention(steps=1))
+    assert torch.equal(loaded.self_attention_map((3, 1)), maps.self_attention_map((3, 1)))
+    assert torch.equal(loaded.layer_map("single_transformer_blocks.0.attn", 0),
+                       maps.layer_map("single_transformer_blocks.0.attn", 0))
+    assert loaded.nbytes == maps.nbytes
