@@ -497,3 +497,17 @@ def test_relations_are_saved_and_loaded(explicit_runs, tmp_path):
     assert torch.equal(loaded.layer_map("single_transformer_blocks.0.attn", 0),
                        maps.layer_map("single_transformer_blocks.0.attn", 0))
     assert loaded.nbytes == maps.nbytes
+
+
+@pytest.mark.parametrize("kind", ["tiny-sdxl", "tiny-sd3", "tiny-flux"])
+def test_half_precision_models_are_recorded_in_float32_and_unchanged(kind):
+    """bfloat16 weights (as the big models are run): the picture unchanged, the maps float32 distributions."""
+    pipe = make_pipe(kind).to(dtype=torch.bfloat16)
+    plain = generate(pipe)
+    with AttentionRecorder(pipe, text_to_text=kind != "tiny-sdxl", self_attention_patches=[(1, 1)]) as recorder:
+        traced = generate(pipe)
+    assert torch.equal(traced, plain)
+    maps = recorder.result([])
+    assert maps.token_maps().dtype == torch.float32
+    torch.testing.assert_close(maps.token_maps().sum(1), torch.ones(1, *maps.latent_size))
+    torch.testing.assert_close(maps.self_attention_map((1, 1)).sum(), torch.tensor(1.0))
