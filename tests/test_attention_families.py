@@ -511,3 +511,21 @@ def test_half_precision_models_are_recorded_in_float32_and_unchanged(kind):
     assert maps.token_maps().dtype == torch.float32
     torch.testing.assert_close(maps.token_maps().sum(1), torch.ones(1, *maps.latent_size))
     torch.testing.assert_close(maps.self_attention_map((1, 1)).sum(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("kind, extra_call", [
+    ("tiny-flux", dict(true_cfg_scale=2.0, negative_prompt="dog")),
+    ("tiny-sd3", dict(skip_guidance_layers=[0], skip_layer_guidance_start=0.0, skip_layer_guidance_stop=1.0)),
+])
+def test_a_second_denoiser_call_per_step_keeps_the_prompts_maps(kind, extra_call):
+    """Flux's true CFG and SD3's skip-layer guidance call the denoiser twice per step: the step keeps the first
+    call's maps (the prompt's), so the maps line up with the steps and the first step equals a plain run's."""
+    pipe = sdexplore.tiny_pipeline(kind)
+    size = dict(height=64, width=64)
+    extra = sdexplore.trace(pipe, "a cat by the sea", seed=0, num_inference_steps=3, attention=True,
+                            **size, **extra_call)
+    plain = sdexplore.trace(pipe, "a cat by the sea", seed=0, num_inference_steps=3, attention=True, **size)
+    assert extra.attention.num_steps == extra.num_steps == 3
+    first = extra.attention.token_maps(steps=[0])
+    torch.testing.assert_close(first, plain.attention.token_maps(steps=[0]))
+    assert not torch.equal(extra.latents[-1], plain.latents[-1])  # the extra call did change the run

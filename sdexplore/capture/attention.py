@@ -167,7 +167,13 @@ class AttentionRecorder:
         if not self._collector.timesteps:
             _check_patches_inside(self.patches, grid)
             self._guard(sample.shape[0], grid)
-        self._collector.start_step(_timestep(inputs.get("timestep")), grid, self._guided())
+        timestep = _timestep(inputs.get("timestep"))
+        if self._collector.timesteps and timestep == self._collector.timesteps[-1]:
+            # a second call at the same timestep (Flux's true-CFG negative call, SD3's skip-layer guidance):
+            # the step keeps the first call's maps, the prompt's; this call is not recorded
+            self._collector.end_step()
+            return None
+        self._collector.start_step(timestep, grid, self._guided())
         return None
 
     def _before_text_encoder(self, module, args, kwargs):
