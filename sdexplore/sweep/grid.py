@@ -48,7 +48,7 @@ class Grid:
                 values = [_plain(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
                 if not values:
                     raise ValueError(f"axis {name!r} is empty: give at least one value")
-                if len({repr(v) for v in values}) != len(values):
+                if len({repr(_described(v)) for v in values}) != len(values):
                     raise ValueError(f"axis {name!r} repeats a value ({values}): every point must be distinct")
                 axes[name] = values
             else:

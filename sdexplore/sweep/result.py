@@ -63,11 +63,13 @@ class SweepResult:
         unknown = [name for name in where if name not in self.axes]
         if unknown:
             raise KeyError(f"filter on {unknown}: not axes of this sweep (axes: {', '.join(self.axes)})")
-        allowed = {name: value if isinstance(value, (list, tuple, range)) else [value] for name, value in where.items()}
-        keep = [i for i, row in enumerate(self.rows) if all(row[name] in allowed[name] for name in allowed)]
+        allowed = {name: {_key(v) for v in (value if isinstance(value, (list, tuple, range)) else [value])}
+                   for name, value in where.items()}
+        keep = [i for i, row in enumerate(self.rows) if all(_key(row[name]) in allowed[name] for name in allowed)]
         if not keep:
             raise ValueError(f"no point has {where}; the axes take: {self.axes}")
-        axes = {name: [v for v in values if v in allowed.get(name, values)] for name, values in self.axes.items()}
+        axes = {name: [v for v in values if name not in allowed or _key(v) in allowed[name]]
+                for name, values in self.axes.items()}
         return SweepResult(axes, [self.rows[i] for i in keep],
                            {name: [values[i] for i in keep] for name, values in self.columns.items()})
 
@@ -85,13 +87,14 @@ class SweepResult:
         if rest:
             raise ValueError(f"axes {rest} take several values but are not in the grid {list(axes)}; "
                              f"filter(...) them to one value first")
-        index = {tuple(row[a] for a in axes): i for i, row in enumerate(self.rows)}
+        index = {tuple(_key(row[a]) for a in axes): i for i, row in enumerate(self.rows)}
         values = self.column(name)
         cells = []
         for combination in itertools.product(*(self.axes[a] for a in axes)):
-            if combination not in index:
+            key = tuple(_key(v) for v in combination)
+            if key not in index:
                 raise ValueError(f"no point at {dict(zip(axes, combination))} for the grid")
-            cells.append(values[index[combination]])
+            cells.append(values[index[key]])
         shape = [len(self.axes[a]) for a in axes]
         if all(isinstance(v, torch.Tensor) for v in cells):
             stacked = torch.stack(cells)
@@ -105,6 +108,13 @@ class SweepResult:
         except ImportError as error:
             raise ImportError("to_pandas needs pandas: pip install pandas") from error
         return pandas.DataFrame([self[i] for i in range(len(self))])
+
+
+def _key(value) -> str:
+    """A hashable stand-in for an axis value (tensors and pictures by a digest of their bytes)."""
+    from .grid import _described
+
+    return repr(_described(value))
 
 
 def _nest(values: list, shape: list[int]) -> list:
