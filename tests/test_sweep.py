@@ -121,6 +121,20 @@ def test_a_keep_function_bounds_what_is_kept(tiny):
     assert result.filter(guidance_scale=1.0).grid("final", "seed").shape == (3, 4, 8, 8)
 
 
+def test_a_progress_bar_counts_the_points_and_the_table_goes_to_pandas(tiny, capsys):
+    result = run_sweep(tiny, small_grid(), keep=["images"])
+    bar = capsys.readouterr().err
+    assert "sweep: 100%" in bar and "6/6" in bar
+    try:
+        import pandas  # noqa: F401  (optional: a bonus, not a dependency)
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install pandas"):
+            result.to_pandas()
+    else:
+        frame = result.to_pandas()
+        assert list(frame.columns) == ["seed", "guidance_scale", "images"] and len(frame) == 6
+
+
 def test_a_scheduler_axis_swaps_the_scheduler_for_its_points_only(tiny):
     original = tiny.scheduler
     result = run_sweep(tiny, Grid(seed=0, scheduler=["ddim", "euler"], prompt="a cat", num_inference_steps=STEPS),
