@@ -48,7 +48,7 @@ class Grid:
                 values = [_plain(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
                 if not values:
                     raise ValueError(f"axis {name!r} is empty: give at least one value")
-                if len({repr(_described(v)) for v in values}) != len(values):
+                if len({repr(describe_value(v)) for v in values}) != len(values):
                     raise ValueError(f"axis {name!r} repeats a value ({values}): every point must be distinct")
                 axes[name] = values
             else:
@@ -108,8 +108,8 @@ class Grid:
 
     def spec(self) -> dict:
         """A JSON description that decides the results (pictures and tensors are named by a digest of their bytes)."""
-        return {"axes": {name: [_described(v) for v in values] for name, values in self.axes.items()},
-                "fixed": {name: _described(value) for name, value in sorted(self.fixed.items())}}
+        return {"axes": {name: [describe_value(v) for v in values] for name, values in self.axes.items()},
+                "fixed": {name: describe_value(value) for name, value in sorted(self.fixed.items())}}
 
 
 def _is_axis(value) -> bool:
@@ -121,14 +121,15 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _described(value):
-    """``value`` if JSON can hold it, else a record of its type, shape and a digest of its bytes."""
+def describe_value(value):
+    """``value`` if JSON can hold it, else a record of its type, shape and a digest of its bytes (for the
+    folder's spec and to tell axis values apart)."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value if not isinstance(value, float) or math.isfinite(value) else str(value)
     if isinstance(value, dict):
-        return {str(k): _described(v) for k, v in sorted(value.items(), key=lambda item: str(item[0]))}
+        return {str(k): describe_value(v) for k, v in sorted(value.items(), key=lambda item: str(item[0]))}
     if isinstance(value, (list, tuple)):
-        return [_described(v) for v in value]
+        return [describe_value(v) for v in value]
     if isinstance(value, Image.Image):
         array = np.asarray(value)
         return {"type": "PIL.Image", "mode": value.mode, "shape": list(array.shape), "sha256": _digest(array)}

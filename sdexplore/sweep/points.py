@@ -23,6 +23,7 @@ from ..capture.storage import save_tensors
 from ..capture.trace import Trace
 from ..export import json_safe
 from ..models import make_scheduler
+from .grid import describe_value
 
 # what keep=[...] may name: the Trace's tensors, and its pictures as uint8 [B, H, W, 3]
 KEEPABLE = ("images", *Trace._tensor_names())
@@ -70,13 +71,7 @@ def batch_key(params: dict) -> str | None:
     if any(name in params for name in _NOT_BATCHED) or not isinstance(params.get("prompt"), str):
         return None
     rest = {name: value for name, value in params.items() if name != "seed"}
-    return json.dumps(_key_safe(rest), sort_keys=True)
-
-
-def _key_safe(value):
-    from .grid import _described
-
-    return _described(value)
+    return json.dumps(describe_value(rest), sort_keys=True)
 
 
 @contextlib.contextmanager
@@ -190,5 +185,5 @@ def encode(run: Trace, keep, params: dict) -> bytes:
         if keep is None:
             run.save(path)
         else:
-            save_tensors(path, kept(run, keep), {"point": json_safe(_key_safe(params)), "params": run.params})
+            save_tensors(path, kept(run, keep), {"point": json_safe(describe_value(params)), "params": run.params})
         return path.read_bytes()

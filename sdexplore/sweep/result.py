@@ -12,6 +12,8 @@ import itertools
 
 import torch
 
+from .grid import describe_value
+
 
 class SweepResult:
     """rows: the axis values of each point, in grid order; columns: name -> one value per row."""
@@ -112,9 +114,7 @@ class SweepResult:
 
 def _key(value) -> str:
     """A hashable stand-in for an axis value (tensors and pictures by a digest of their bytes)."""
-    from .grid import _described
-
-    return repr(_described(value))
+    return repr(describe_value(value))
 
 
 def _nest(values: list, shape: list[int]) -> list:
