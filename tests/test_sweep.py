@@ -149,6 +149,16 @@ def test_a_scheduler_axis_swaps_the_scheduler_for_its_points_only(tiny):
     assert not torch.equal(result.column("latents")[0], euler.latents)
 
 
+def test_a_prompt_axis_gives_each_point_its_prompt(tiny):
+    result = run_sweep(tiny, Grid(prompt=["a cat", "a dog"], seed=[0, 1], num_inference_steps=STEPS),
+                       keep=["latents"], batch_size=2, progress=False)
+    assert [run["prompt"] for run in result] == ["a cat", "a cat", "a dog", "a dog"]
+    dog = sdexplore.trace(tiny, "a dog", seed=0, num_inference_steps=STEPS)
+    torch.testing.assert_close(result.filter(prompt="a dog", seed=0).column("latents")[0], dog.latents,
+                               atol=1e-4, rtol=1e-4)  # batched with seed 1: float precision
+    assert not torch.allclose(result.column("latents")[0][-1], dog.latents[-1], atol=1e-3)
+
+
 def test_an_alpha_axis_interpolates_prompt_embeddings(tiny):
     grid = Grid(seed=0, alpha=[0.0, 0.5, 1.0], prompt="a cat", target_prompt="a dog", num_inference_steps=STEPS)
     result = run_sweep(tiny, grid, keep=["latents"], progress=False)
