@@ -253,7 +253,7 @@ def test_ray_gives_the_local_results_bit_for_bit_and_loads_the_model_once_per_wo
     assert torch.equal(local.stack("images"), distributed.stack("images"))
     assert torch.equal(local.stack("latents"), distributed.stack("latents"))
     workers = distributed.stack("worker")  # [points, (pid, pipelines loaded by then)]
-    assert int(workers[0, 0]) != os.getpid() and len(set(workers[:, 0].tolist())) <= 2  # 4 batches, 2 workers
+    assert int(workers[0, 0]) != os.getpid() and len(set(workers[:, 0].tolist())) < 4  # 4 batches: workers reused
     assert set(workers[:, 1].tolist()) == {1}  # each worker loaded the toy model once, for all its batches
     again = run_sweep(spec, grid, keep=pictures_and_worker, batch_size=2, threads=1, backend="ray",
                       folder=tmp_path / "ray", progress=False)  # resumed: nothing left to run
