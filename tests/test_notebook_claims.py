@@ -9,15 +9,15 @@ import pytest
 import torch
 
 import sdexplore
+from sdexplore.cache import cached
 from sdexplore.studies.attention import attended_region, iou, slide_attention, token_kind_shares
 from sdexplore.studies.denoising import first_step_within, prompt_effect, settling
 from sdexplore.studies.img2img import (
     distance_to,
     neighbour_changes,
-    pictures,
     seed_spread,
     signal_left,
-    strength_sweep,
+    strength_grid,
 )
 from sdexplore.studies.interpolation import divergence, picture_changes, trace_interpolation
 from sdexplore.toy import world
@@ -147,9 +147,12 @@ def sweep_04(toy):
     drawing = world.render(world.SceneSpec([world.ObjectSpec("cat", "orange", "plain", "green", "left"),
                                             world.ObjectSpec("palm tree", "green", position="right")], "sea"))
     source = Image.fromarray(drawing.image)
-    runs = strength_sweep(toy, source, "cat, sea, wave, palm tree", STRENGTHS, range(len(STRENGTHS)),
-                          num_inference_steps=25, guidance_scale=7.5)
-    return {"drawing": drawing, "source": source, "runs": runs, "images": pictures(runs)}
+    prompt, seeds, settings = "cat, sea, wave, palm tree", list(range(len(STRENGTHS))), {"num_inference_steps": 25,
+                                                                                           "guidance_scale": 7.5}
+    sweep = cached("04_strength_sweep", lambda: strength_grid(toy, source, prompt, STRENGTHS, seeds, **settings),
+                   model="toy", prompt=prompt, strengths=STRENGTHS, seeds=seeds, **settings)  # the notebook's key
+    return {"drawing": drawing, "source": source, "first_timestep": sweep["first_timestep"],
+            "images": sweep["pictures"].numpy().astype(np.float32)}
 
 
 def test_04_the_cat_goes_missing_and_the_palm_tree_stays(sweep_04):
@@ -174,7 +177,7 @@ def test_04_change_grows_with_strength_and_the_seeds_disagree_most_mid_sweep(swe
 
 
 def test_04_sd15s_schedule_keeps_some_of_the_drawing_even_at_strength_1(toy, tiny, sweep_04):
-    toy_left = [signal_left(toy.scheduler, run.timesteps[0]) for run in sweep_04["runs"][0]]
+    toy_left = [signal_left(toy.scheduler, t) for t in sweep_04["first_timestep"][0]]
     sd15_left = [signal_left(tiny.scheduler, sdexplore.trace(tiny, "a cat", seed=0, image=sweep_04["source"],
                                                              strength=s, num_inference_steps=50).timesteps[0])
                  for s in (0.99, 1.0)]

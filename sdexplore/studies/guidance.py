@@ -84,7 +84,7 @@ def raw_decode(pipe, latents: torch.Tensor) -> torch.Tensor:
 
 def clipped_fraction(pipe, run) -> float:
     """The share of decoded values (pixels × channels) outside [-1, 1], which the pipeline clips to 0 or 255."""
-    return float((raw_decode(pipe, run.latents[-1]).abs() > 1).float().mean())
+    return clipped_share(pipe, run.latents[-1])
 
 
 def mean_saturation(pictures: np.ndarray) -> float:
@@ -95,49 +95,59 @@ def mean_saturation(pictures: np.ndarray) -> float:
 
 
 def guidance_sweep(pipe, prompt: str, scales, *, seed: int, **pipeline_kwargs) -> dict[str, torch.Tensor]:
-    """One run per guidance scale, the seed fixed, so only w changes.
+    """One run per guidance scale, the seed fixed, so only w changes (an sdexplore.sweep grid over w).
 
     Returns {"scales": [S], "pictures": uint8 [S, H, W, 3], "clipped": [S] (see ``clipped_fraction``),
     "saturation": [S] (see ``mean_saturation``), "cfg_used": [S] 1 where diffusers ran CFG (w > 1), else 0}.
     """
-    from ..capture.run import trace
+    from ..sweep import Grid, run_sweep
 
     scales = [check_guidance_scale(s, "scales") for s in scales]
-    pictures, clipped, cfg = [], [], []
-    for w in scales:
-        run = trace(pipe, prompt, seed=seed, guidance_scale=w, **pipeline_kwargs)
-        pictures.append(np.asarray(run.images[0].convert("RGB")))
-        clipped.append(clipped_fraction(pipe, run))
-        cfg.append(run.noise_pred_uncond is not None)
-    pictures = np.stack(pictures)
+    result = run_sweep(pipe, Grid(seed=seed, guidance_scale=scales, prompt=prompt, **pipeline_kwargs),
+                       keep=_picture_and_clipping, progress=False)
+    pictures = result.stack("picture").numpy()
     return {"scales": torch.tensor(scales), "pictures": torch.from_numpy(pictures),
-            "clipped": torch.tensor(clipped), "saturation": torch.tensor([mean_saturation(p) for p in pictures]),
-            "cfg_used": torch.tensor(cfg, dtype=torch.float32)}
+            "clipped": torch.tensor([clipped_share(pipe, final) for final in result.column("final")]),
+            "saturation": torch.tensor([mean_saturation(p) for p in pictures]),
+            "cfg_used": result.stack("cfg_used")}
 
 
 def rescale_sweep(pipe, prompt: str, rescales, *, seed: int, guidance_scale: float,
                   **pipeline_kwargs) -> dict[str, torch.Tensor]:
-    """One run per ``guidance_rescale`` value at a fixed seed and guidance scale.
+    """One run per ``guidance_rescale`` value at a fixed seed and guidance scale (an sdexplore.sweep grid).
 
     Returns {"rescales": [R], "pictures": uint8 [R, H, W, 3], "clipped": [R], "saturation": [R],
     "std_ratio": [R, N] (see ``std_ratio``)}.
     """
-    from ..capture.run import trace
+    from ..sweep import Grid, run_sweep
 
     check_guidance_scale(guidance_scale)
-    pictures, clipped, ratios = [], [], []
     for phi in rescales:
         if not 0 <= phi <= 1:
             raise ValueError(f"rescales must be in [0, 1], got {phi}")
-        run = trace(pipe, prompt, seed=seed, guidance_scale=guidance_scale, guidance_rescale=float(phi),
-                    **pipeline_kwargs)
-        pictures.append(np.asarray(run.images[0].convert("RGB")))
-        clipped.append(clipped_fraction(pipe, run))
-        ratios.append(std_ratio(run))
-    pictures = np.stack(pictures)
+    grid = Grid(seed=seed, guidance_rescale=[float(phi) for phi in rescales], prompt=prompt,
+                guidance_scale=guidance_scale, **pipeline_kwargs)
+    result = run_sweep(pipe, grid, keep=_picture_clipping_and_std, progress=False)
+    pictures = result.stack("picture").numpy()
     return {"rescales": torch.tensor([float(r) for r in rescales]), "pictures": torch.from_numpy(pictures),
-            "clipped": torch.tensor(clipped), "saturation": torch.tensor([mean_saturation(p) for p in pictures]),
-            "std_ratio": torch.stack(ratios)}
+            "clipped": torch.tensor([clipped_share(pipe, final) for final in result.column("final")]),
+            "saturation": torch.tensor([mean_saturation(p) for p in pictures]),
+            "std_ratio": result.stack("std_ratio")}
+
+
+def clipped_share(pipe, final_latents: torch.Tensor) -> float:
+    """``clipped_fraction`` from a run's final latents [B, C, h, w] (what a sweep keeps instead of the run)."""
+    return float((raw_decode(pipe, final_latents).abs() > 1).float().mean())
+
+
+def _picture_and_clipping(run) -> dict[str, torch.Tensor]:
+    """What the guidance sweeps keep of a run: its picture, final latents, and whether CFG ran."""
+    return {"picture": torch.from_numpy(np.array(run.images[0].convert("RGB"))), "final": run.latents[-1],
+            "cfg_used": torch.tensor(float(run.noise_pred_uncond is not None))}
+
+
+def _picture_clipping_and_std(run) -> dict[str, torch.Tensor]:
+    return {**_picture_and_clipping(run), "std_ratio": std_ratio(run)}
 
 
 def negative_prompt_effect(pipe, prompt: str, negative_prompt: str, *, seed: int, images: int,

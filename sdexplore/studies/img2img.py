@@ -14,11 +14,42 @@ from ..capture.inputs import steps_run  # noqa: F401  (re-exported: how many ste
 
 
 def strength_sweep(pipe, image, prompt: str, strengths, seeds, **pipeline_kwargs) -> list[list]:
-    """runs[i][j]: the Trace of seed ``seeds[i]`` at strength ``strengths[j]`` (img2img from ``image``)."""
-    from ..capture.run import trace
+    """runs[i][j]: the Trace of seed ``seeds[i]`` at strength ``strengths[j]`` (img2img from ``image``).
 
-    return [[trace(pipe, prompt, seed=seed, image=image, strength=float(s), **pipeline_kwargs) for s in strengths]
-            for seed in seeds]
+    A seed given twice is run once (its row repeats: the same seed gives the same pictures)."""
+    result, rows, columns = _strength_grid(pipe, image, prompt, strengths, seeds, None, pipeline_kwargs)
+    runs = result.grid("trace", "seed", "strength")
+    return [[runs[i][j] for j in columns] for i in rows]
+
+
+def strength_grid(pipe, image, prompt: str, strengths, seeds, **pipeline_kwargs) -> dict[str, torch.Tensor]:
+    """The sweep of ``strength_sweep`` kept small (only what the figures need), for sdexplore.cache.
+
+    Returns {"pictures": uint8 [S, K, H, W, 3], "first_timestep": [S, K] the timestep each run starts from,
+    "steps_run": [S, K] how many steps it ran}.
+    """
+    result, rows, columns = _strength_grid(pipe, image, prompt, strengths, seeds, _picture_and_start,
+                                           pipeline_kwargs)
+    return {name: result.grid(name, "seed", "strength")[rows][:, columns]
+            for name in ("pictures", "first_timestep", "steps_run")}
+
+
+def _picture_and_start(run) -> dict[str, torch.Tensor]:
+    return {"pictures": torch.from_numpy(np.array(run.images[0].convert("RGB"))),
+            "first_timestep": run.timesteps[0], "steps_run": torch.tensor(run.num_steps)}
+
+
+def _strength_grid(pipe, image, prompt, strengths, seeds, keep, pipeline_kwargs):
+    """The sdexplore.sweep result over the distinct seeds x distinct strengths, and where each asked-for row and
+    column is in it."""
+    from ..sweep import Grid, run_sweep
+
+    seeds, strengths = list(seeds), [float(s) for s in strengths]
+    distinct_seeds, distinct_strengths = list(dict.fromkeys(seeds)), list(dict.fromkeys(strengths))
+    grid = Grid(seed=distinct_seeds, strength=distinct_strengths, prompt=prompt, image=image, **pipeline_kwargs)
+    result = run_sweep(pipe, grid, keep=keep, progress=False)
+    return (result, [distinct_seeds.index(seed) for seed in seeds],
+            [distinct_strengths.index(strength) for strength in strengths])
 
 
 def pictures(runs: list[list]) -> np.ndarray:

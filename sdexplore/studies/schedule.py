@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..models import make_scheduler, scheduler_class
+from ..models import scheduler_class
 from .denoising import settling
 from .img2img import distance_to
 
@@ -82,7 +82,7 @@ def steps_sweep(pipe, prompt: str, schedulers, step_counts, *, seed: int, refere
     the most steps not above 50), "x0_steps": [S] n, how many steps those runs had}.
     Scheduler order follows ``schedulers``.
     """
-    from ..capture.run import trace
+    from ..sweep import Grid, run_sweep
 
     schedulers = list(schedulers)
     for name in [*schedulers, reference[0]]:
@@ -90,31 +90,23 @@ def steps_sweep(pipe, prompt: str, schedulers, step_counts, *, seed: int, refere
     step_counts = [int(k) for k in step_counts]
     if any(k < 1 for k in step_counts):
         raise ValueError(f"step_counts must be positive, got {step_counts}")
-    original = pipe.scheduler
-
-    def run_with(name: str, steps: int):
-        pipe.scheduler = make_scheduler(name, original.config)
-        try:
-            return trace(pipe, prompt, seed=seed, num_inference_steps=steps, **pipeline_kwargs)
-        finally:
-            pipe.scheduler = original
-
-    reference_picture = np.asarray(run_with(*reference).images[0].convert("RGB"))
+    reference_run = run_sweep(pipe, Grid(seed=seed, scheduler=reference[0], num_inference_steps=int(reference[1]),
+                                         prompt=prompt, **pipeline_kwargs), keep=_picture_and_x0, progress=False)
+    reference_picture = reference_run.column("picture")[0].numpy()
+    grid = Grid(seed=seed, scheduler=schedulers, num_inference_steps=step_counts, prompt=prompt, **pipeline_kwargs)
+    result = run_sweep(pipe, grid, keep=_picture_and_x0, progress=False)
     x0_count = max([k for k in step_counts if k <= 50] or [min(step_counts)])
-    pictures, curves = [], []
-    for name in schedulers:
-        row = []
-        for steps in step_counts:
-            run = run_with(name, steps)
-            row.append(np.asarray(run.images[0].convert("RGB")))
-            if steps == x0_count:
-                curves.append(x0_to_final(run))
-        pictures.append(np.stack(row))
-    pictures = np.stack(pictures)
+    pictures = result.grid("picture", "scheduler", "num_inference_steps").numpy()
+    curves = result.filter(num_inference_steps=x0_count).column("x0_to_final")
     return {"steps": torch.tensor(step_counts), "pictures": torch.from_numpy(pictures),
             "distance": torch.from_numpy(distance_to(pictures.astype(np.float32), reference_picture)).float(),
             "reference": torch.from_numpy(reference_picture.copy()), "x0_to_final": torch.stack(curves),
             "x0_steps": torch.full((len(schedulers),), x0_count)}
+
+
+def _picture_and_x0(run) -> dict[str, torch.Tensor]:
+    """What the steps sweep keeps of a run: its picture uint8 [H, W, 3] and ``x0_to_final`` [N]."""
+    return {"picture": torch.from_numpy(np.array(run.images[0].convert("RGB"))), "x0_to_final": x0_to_final(run)}
 
 
 def x0_to_final(run) -> torch.Tensor:

@@ -325,13 +325,22 @@ def split_steps(x0: torch.Tensor, threshold: float) -> torch.Tensor:
 def grid_x0(pipe, prompt_a: str, prompt_b: str, alphas, seeds, method: str = "slerp",
             **pipeline_kwargs) -> dict[str, torch.Tensor]:
     """Runs of a whole-prompt walk at every seed: {"x0": [A, S, N, C, h, w], "pictures": uint8 [A, S, H, W, 3]}."""
+    from ..sweep import Grid, run_sweep
+
     seeds = list(seeds)
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds}")
+    for name in ("prompt", "prompt_embeds", "latents", "generator"):
+        if name in pipeline_kwargs:
+            raise TypeError(f"grid_x0() sets {name}= itself; do not pass it")
     path = prompt_path(pipe, prompt_a, prompt_b, alphas, method)
-    x0, pictures = [], []
-    for seed in seeds:
-        runs = walk(pipe, seed=seed, prompts=path, **pipeline_kwargs)
-        x0.append(torch.stack([run.x0[:, 0] for run in runs]))
-        pictures.append(np.stack([np.asarray(run.images[0].convert("RGB")) for run in runs]))
-    return {"x0": torch.stack(x0, dim=1), "pictures": torch.from_numpy(np.stack(pictures, axis=1))}
+    negative = encode(pipe, pipeline_kwargs.pop("negative_prompt", "") or "")  # as walk() encodes it
+    grid = Grid(prompt_embeds=[point.to(pipe.device) for point in path], seed=seeds, negative_prompt_embeds=negative,
+                **pipeline_kwargs)
+    result = run_sweep(pipe, grid, keep=_x0_and_picture, progress=False)
+    return {name: result.grid(name, "prompt_embeds", "seed") for name in ("x0", "pictures")}  # [A, S, ...]
+
+
+def _x0_and_picture(run) -> dict[str, torch.Tensor]:
+    """x0 [N, C, h, w] of the run's one picture, and the picture uint8 [H, W, 3]."""
+    return {"x0": run.x0[:, 0], "pictures": torch.from_numpy(np.array(run.images[0].convert("RGB")))}
