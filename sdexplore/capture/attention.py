@@ -57,11 +57,12 @@ class AttentionCaptureTooLargeError(MemoryError):
 
 
 def upsample_layer_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[b, C, hl, wl] → [b, C, h, w]: a layer's maps on the image-token grid (bilinear; the one place layers are
-    resized to the grid)."""
+    """[b, C, hl, wl] → [b, C, h, w]: a layer's maps on the image-token grid (the one place layers are resized
+    to the grid). Bicubic, as DAAM, with its undershoot below 0 clipped: on the toy gate's 32 scenes the word
+    maps' IoU with the object went from 0.714 (bilinear) to 0.743, 0.638 → 0.691 at a 40% threshold."""
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
-    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(maps, size=size, mode="bicubic", align_corners=False).clamp_min_(0)
 
 
 class AttentionRecorder:
@@ -394,7 +395,8 @@ class _Collector:
 
     def _step_mean(self) -> torch.Tensor | None:
         """aggregate: this step's mean over layers [b, T, h, w] on the grid. Layers of one grid are summed
-        first and upsampled once (bilinear upsampling is linear, so this is the mean of the upsampled maps)."""
+        first and upsampled once (one resize per grid instead of per layer; bicubic is linear, so this is the
+        mean of the upsampled maps but for where the clip at 0 acts)."""
         total = None
         for size, summed in self._sums.items():
             grid = upsample_layer_maps(summed.transpose(1, 2).unflatten(-1, size), self.latent_size)
