@@ -1,103 +1,84 @@
-"""Cost of recording cross-attention maps: time ratio and memory (benchmark, not a test).
+"""Cost of recording cross-attention maps: time ratio to the plain pipeline and peak extra memory, beside
+the peer attention-map-diffusers 1.0 on the same model, prompt and seed.
 
-Time: trace(attention=...) / plain pipeline call on the same model in the same process, median
-of interleaved runs (trace without attention printed too). Goal: <= 1.25x on CPU for the tiny
-model, <= 1.15x on a GPU at SD1.5 size (fp16, 512², 50 steps).
-Memory: what the maps keep (AttentionMaps.nbytes, exact) and the peak extra memory of a run
-that records them, measured in a fresh process (CPU: peak RSS; GPU: torch's peak allocation),
-plus the formula for SD1.5 at 512², 50 steps. Goal: <= 64 MB aggregated to the latent
-resolution, <= 256 MB kept per layer.
+Goals (issue 16): CPU, toy model, 2 cores, 25 steps, CFG: trace(attention="aggregate") <= 1.08x the plain
+call; GPU, SD 1.5-sized, fp16, 512², 50 steps: <= 1.10x. Maps kept: <= 64 MB aggregated, <= 256 MB per
+layer (SD 1.5, 512², 50 steps, one image; printed from the layer layout). See common.py for the timing.
 
-    python benchmarks/bench_attention.py                      # tiny model on CPU
-    python benchmarks/bench_attention.py --threads 1          # steadier on a shared machine
-    python benchmarks/bench_attention.py --sd15 --device cuda --dtype float16 --steps 50
+The peer captures image->text attention of every layer at every step (timesteps="all", heads averaged;
+its default mode="fast" keeps q and k and computes the maps after the run, which is timed too). It needs
+no extra dependencies for this; its declared ones (torchvision, ...) would replace torch, so install it
+beside, not into, the environment:
+    pip install --no-deps --target .peers attention-map-diffusers
+    PYTHONPATH=.peers:. python benchmarks/bench_attention.py
+    python benchmarks/bench_attention.py --device cuda --size sd15     # SD 1.5-sized random weights, fp16
 """
 
 from __future__ import annotations
 
-import argparse
-import multiprocessing
-import resource
-import statistics
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_trace import sd15_random_pipeline, time_once  # noqa: E402
+from common import (  # noqa: E402
+    MB,
+    PROMPT,
+    arguments,
+    call_kwargs,
+    generator,
+    header,
+    interleaved_medians,
+    make_pipeline,
+    peak_extra,
+    print_ratios,
+    settle,
+)
 
 import sdexplore  # noqa: E402
 
-PROMPT = "a photo of an orange cat on the left, sea background"
 MODES = ("aggregate", "per_layer")
-MB = 2**20
+PEER = "attention-map-diffusers"
 
 
-def make_pipeline(args):
-    pipe = sd15_random_pipeline() if args.sd15 else sdexplore.load_pipeline(args.model)
-    pipe = pipe.to(args.device, getattr(torch, args.dtype))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def traced_run(args, pipe, mode):
+    kwargs = call_kwargs(args, pipe)
+    kept = {}
+
+    def run():
+        kept["bytes"] = sdexplore.trace(pipe, PROMPT, seed=0, attention=mode, **kwargs).attention.nbytes
+    return run, kept
 
 
-def image_size(args, pipe) -> int:
-    return args.size or (512 if args.sd15 else pipe.unet.config.sample_size * pipe.vae_scale_factor)
+def aggregate_run(args, pipe):
+    return traced_run(args, pipe, "aggregate")
 
 
-def timing(args) -> None:
-    pipe = make_pipeline(args)
-    size = image_size(args, pipe)
-    kwargs = dict(num_inference_steps=args.steps, guidance_scale=7.5, height=size, width=size)
-    runs = {
-        "plain": lambda: pipe(PROMPT, generator=torch.Generator(args.device).manual_seed(0), **kwargs),
-        "trace": lambda: sdexplore.trace(pipe, PROMPT, seed=0, **kwargs),
-        **{f"trace+{m}": (lambda m=m: sdexplore.trace(pipe, PROMPT, seed=0, attention=m, **kwargs)) for m in MODES},
-    }
-    for run in runs.values():  # warm-up
-        run()
-    times = {name: [] for name in runs}
-    for _ in range(args.runs):  # interleaved, so drift hits all alike
-        for name, run in runs.items():
-            times[name].append(time_once(run, args.device))
-    median = {name: statistics.median(t) for name, t in times.items()}
-    print(f"time: {size}x{size}, {args.steps} steps, CFG 7.5, median of {args.runs} interleaved runs")
-    for name, seconds in median.items():
-        extra = "" if name == "plain" else f"   ratio to plain {seconds / median['plain']:.3f}"
-        if name.startswith("trace+"):
-            extra += f"   to trace {seconds / median['trace']:.3f}"
-        print(f"  {name:<18} {seconds * 1000:9.1f} ms{extra}")
+def per_layer_run(args, pipe):
+    return traced_run(args, pipe, "per_layer")
 
 
-def memory_child(args, mode, queue) -> None:
-    """In a fresh process: peak memory of a plain trace, then of one recording attention."""
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    pipe = make_pipeline(args)
-    size = args.memory_size or image_size(args, pipe)
-    kwargs = dict(num_inference_steps=args.memory_steps, guidance_scale=7.5, height=size, width=size)
-    cuda = args.device.startswith("cuda")
-    sdexplore.trace(pipe, PROMPT, seed=0, **kwargs)  # the plain run's own peak first
-    base = torch.cuda.max_memory_allocated() if cuda else _max_rss()
-    run = sdexplore.trace(pipe, PROMPT, seed=0, attention=mode, **kwargs)
-    peak = torch.cuda.max_memory_allocated() if cuda else _max_rss()
-    maps = run.attention
-    queue.put({"mode": mode, "size": size, "latent": maps.latent_size, "steps": maps.num_steps,
-               "layers": len(maps.layer_names), "kept": maps.nbytes, "peak_extra": peak - base})
+def peer_run(args, pipe):
+    """attention-map-diffusers' capture of every step's image->text maps, computed after the run."""
+    from attention_map_diffusers import AttentionCapture
+
+    kwargs = call_kwargs(args, pipe)
+    kept = {}
+
+    def run():
+        with AttentionCapture(pipe, relations="image->text", layers="all", timesteps="all", heads="mean") as capture:
+            pipe(PROMPT, generator=generator(args), **kwargs)
+        maps = capture.compute()
+        kept["bytes"] = sum(record.data.nbytes for record in maps if record.data is not None)
+    return run, kept
 
 
-def memory(args) -> None:
-    where = "GPU peak allocation" if args.device.startswith("cuda") else "peak RSS"
-    context = multiprocessing.get_context("spawn")
-    for mode in MODES:
-        queue = context.Queue()
-        child = context.Process(target=memory_child, args=(args, mode, queue))
-        child.start()
-        result = queue.get()
-        child.join()
-        h, w = result["latent"]
-        print(f"memory {mode:<10} {result['size']}x{result['size']} (latent {h}x{w}), {result['steps']} steps, "
-              f"{result['layers']} layers: kept {result['kept'] / MB:7.2f} MB, "
-              f"peak extra ({where}) {result['peak_extra'] / MB:7.2f} MB")
+def peer_available() -> str | None:
+    """None if the peer can be imported, else why not."""
+    try:
+        import attention_map_diffusers  # noqa: F401
+    except ImportError as error:
+        return f"{PEER} not importable ({error}); see this script's docstring"
+    return None
 
 
 def sd15_formula(steps: int = 50, latent: int = 64) -> None:
@@ -109,32 +90,30 @@ def sd15_formula(steps: int = 50, latent: int = 64) -> None:
           f"per_layer {per_layer / MB:.1f} MB (goal <= 256); x2 with keep_negative")
 
 
-def _max_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny", help="tiny | tiny-sd2 | folder")
-    parser.add_argument("--sd15", action="store_true", help="SD1.5-sized random weights, 512x512")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--size", type=int, default=None, help="image size for timing (default: the model's)")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--memory-size", type=int, default=512, help="image size for the memory part (0: model's)")
-    parser.add_argument("--memory-steps", type=int, default=50)
-    parser.add_argument("--skip-memory", action="store_true")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cpu = f"CPU x{torch.get_num_threads()} threads"
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu
-    print(f"model={'sd15-random' if args.sd15 else args.model} device={device} dtype={args.dtype}")
-    timing(args)
+def main(argv=None) -> None:
+    parser = arguments(__doc__)
+    parser.add_argument("--no-peer", action="store_true", help=f"leave out {PEER}")
+    args = settle(parser.parse_args(argv))
+    print(header(args))
+    pipe = make_pipeline(args)
+    kwargs = call_kwargs(args, pipe)
+    runs = {"plain": lambda: pipe(PROMPT, generator=generator(args), **kwargs),
+            "trace": lambda: sdexplore.trace(pipe, PROMPT, seed=0, **kwargs),
+            "trace+aggregate": aggregate_run(args, pipe)[0],
+            "trace+per_layer": per_layer_run(args, pipe)[0]}
+    makers = {"trace+aggregate": aggregate_run, "trace+per_layer": per_layer_run}
+    missing = None if args.no_peer else peer_available()
+    if not args.no_peer and missing is None:
+        runs[PEER] = peer_run(args, pipe)[0]
+        makers[PEER] = peer_run
+    elif missing:
+        print(missing)
+    print_ratios(interleaved_medians(runs, args), args, pipe)
     if not args.skip_memory:
-        memory(args)
+        for name, make_run in makers.items():
+            result = peak_extra(args, name, make_run)
+            print(f"memory {name:<24} maps kept {result.get('bytes', 0) / MB:8.2f} MB, "
+                  f"peak extra ({result['what']}) {result['peak_extra'] / MB:8.2f} MB")
     sd15_formula()
 
 

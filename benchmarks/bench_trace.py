@@ -1,91 +1,64 @@
-"""Wall-time ratio trace / plain pipeline, same model, same process (median of interleaved runs).
+"""Cost of tracing: wall-time ratio trace / plain pipeline call, same model, same process; peak extra memory.
 
-Goal: <= 1.05x on CPU for the tiny/toy model, <= 1.03x on a GPU at SD1.5 size.
-    python benchmarks/bench_trace.py                    # tiny (or toy) on CPU
-    python benchmarks/bench_trace.py --sd15 --device cuda --dtype float16   # SD1.5-sized random weights
+Goals (issue 16): CPU, toy model, 2 cores, 25 steps, CFG: <= 1.02x; GPU, SD 1.5-sized, fp16, 512², 50 steps,
+CFG: <= 1.02x (SDXL-sized, 1024², 30 steps: <= 1.02x). See common.py for how timing and memory are taken.
+
+    python benchmarks/bench_trace.py                                  # toy model on the CPU
+    python benchmarks/bench_trace.py --device cuda --size sd15        # SD 1.5-sized random weights, fp16
+    python benchmarks/bench_trace.py --device cuda --size sdxl
+    python benchmarks/bench_trace.py --compile                        # the UNet wrapped in torch.compile too
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-import sdexplore
+sys.path.insert(0, str(Path(__file__).parent))
+from common import (  # noqa: E402
+    MB,
+    PROMPT,
+    arguments,
+    call_kwargs,
+    generator,
+    header,
+    interleaved_medians,
+    make_pipeline,
+    peak_extra,
+    print_ratios,
+    settle,
+)
+
+import sdexplore  # noqa: E402
 
 
-def sd15_random_pipeline():
-    """An SD1.5-shaped pipeline with random weights (timing is the same as with real ones)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    tiny = sdexplore.load_pipeline("tiny")
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tiny.tokenizer), hidden_size=768, intermediate_size=3072,
-                                        num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77))
-    scheduler = DDIMScheduler.from_config(tiny.scheduler.config)
-    return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tiny.tokenizer, unet=unet, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+def traced_run(args, pipe):
+    kwargs = call_kwargs(args, pipe)
+    return (lambda: sdexplore.trace(pipe, PROMPT, seed=0, **kwargs)), None
 
 
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def time_once(fn, device: str) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="toy | tiny | folder (default: toy if shipped, else tiny)")
-    parser.add_argument("--sd15", action="store_true", help="SD1.5-sized random weights, 512x512")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--attention", default="false", choices=["false", "aggregate", "per_layer"])
-    args = parser.parse_args()
-
-    from sdexplore.cli import default_model
-
-    model = "sd15-random" if args.sd15 else (args.model or default_model())
-    pipe = sd15_random_pipeline() if args.sd15 else sdexplore.load_pipeline(model)
-    pipe = pipe.to(args.device, getattr(torch, args.dtype))
-    pipe.set_progress_bar_config(disable=True)
-    size = 512 if args.sd15 else pipe.unet.config.sample_size * pipe.vae_scale_factor
-    kwargs = dict(num_inference_steps=args.steps, guidance_scale=7.5, height=size, width=size)
-    prompt = "a photo of an orange cat on the left, sea background"
-    attention = {"false": False}.get(args.attention, args.attention)
-
-    def plain():
-        pipe(prompt, generator=torch.Generator(args.device).manual_seed(0), **kwargs)
-
-    def traced():
-        sdexplore.trace(pipe, prompt, seed=0, attention=attention, **kwargs)
-
-    plain(), traced()  # warm-up
-    plain_times, traced_times = [], []
-    for _ in range(args.runs):  # interleaved, so drift hits both alike
-        plain_times.append(time_once(plain, args.device))
-        traced_times.append(time_once(traced, args.device))
-    p, t = statistics.median(plain_times), statistics.median(traced_times)
-    cpu = f"CPU x{torch.get_num_threads()} threads"
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu
-    print(f"model={model} device={device} dtype={args.dtype} {size}x{size} steps={args.steps} cfg=7.5 "
-          f"attention={args.attention} runs={args.runs}")
-    print(f"plain  median {p * 1000:8.1f} ms")
-    print(f"traced median {t * 1000:8.1f} ms")
-    print(f"ratio trace/plain = {t / p:.3f}")
+def main(argv=None) -> None:
+    parser = arguments(__doc__)
+    parser.add_argument("--compile", action="store_true", help="time pipe.unet = torch.compile(pipe.unet) too")
+    args = settle(parser.parse_args(argv))
+    print(header(args))
+    pipe = make_pipeline(args)
+    kwargs = call_kwargs(args, pipe)
+    runs = {"plain": lambda: pipe(PROMPT, generator=generator(args), **kwargs),
+            "trace": traced_run(args, pipe)[0]}
+    print_ratios(interleaved_medians(runs, args), args, pipe)
+    if args.compile:
+        pipe.unet = torch.compile(pipe.unet)
+        compiled = {"plain (compiled UNet)": runs["plain"], "trace (compiled UNet)": runs["trace"]}
+        medians = interleaved_medians(compiled, args)
+        base = medians["plain (compiled UNet)"]
+        for name, seconds in medians.items():
+            print(f"  {name:<24} {seconds * 1000:9.1f} ms   ratio to plain (compiled) {seconds / base:.3f}")
+    if not args.skip_memory:
+        result = peak_extra(args, "trace", traced_run)
+        print(f"memory: trace adds {result['peak_extra'] / MB:.1f} MB to the plain call's {result['what']}")
 
 
 if __name__ == "__main__":

@@ -57,11 +57,12 @@ class AttentionCaptureTooLargeError(MemoryError):
 
 
 def upsample_layer_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[b, C, hl, wl] → [b, C, h, w]: a layer's maps on the image-token grid (bilinear; the one place layers are
-    resized to the grid)."""
+    """[b, C, hl, wl] → [b, C, h, w]: a layer's maps on the image-token grid (the one place layers are resized
+    to the grid). Bicubic, as DAAM, with its undershoot below 0 clipped: on the toy gate's 32 scenes the word
+    maps' IoU with the object went from 0.714 (bilinear) to 0.743, 0.638 → 0.691 at a 40% threshold."""
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
-    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(maps, size=size, mode="bicubic", align_corners=False).clamp_min_(0)
 
 
 class AttentionRecorder:
@@ -91,6 +92,7 @@ class AttentionRecorder:
             raise ValueError(f"max_bytes must be a positive number of bytes, got {max_bytes!r}")
         self.pipe = pipe
         self.denoiser = _denoiser(pipe)
+        _refuse_compiled(self.denoiser)
         self.mode, self.keep, self.keep_negative, self.per_head = mode, keep, bool(keep_negative), bool(per_head)
         self.text_to_text, self.max_bytes = bool(text_to_text), max_bytes
         self.patches = _check_patches(self_attention_patches)
@@ -394,7 +396,8 @@ class _Collector:
 
     def _step_mean(self) -> torch.Tensor | None:
         """aggregate: this step's mean over layers [b, T, h, w] on the grid. Layers of one grid are summed
-        first and upsampled once (bilinear upsampling is linear, so this is the mean of the upsampled maps)."""
+        first and upsampled once (one resize per grid instead of per layer; bicubic is linear, so this is the
+        mean of the upsampled maps but for where the clip at 0 acts)."""
         total = None
         for size, summed in self._sums.items():
             grid = upsample_layer_maps(summed.transpose(1, 2).unflatten(-1, size), self.latent_size)
@@ -505,3 +508,13 @@ def _select_layers(available: dict, wanted, denoiser: str) -> dict:
     if unknown or not wanted:
         raise ValueError(f"unknown attention layer(s) {unknown}; this {denoiser} has: {', '.join(available)}")
     return {name: layer for name, layer in available.items() if name in wanted}
+
+
+def _refuse_compiled(denoiser) -> None:
+    """A torch.compile-d denoiser never calls hooks added after compilation: its maps would be silently empty."""
+    if hasattr(denoiser, "_orig_mod"):
+        raise ValueError(
+            f"attention cannot be recorded on a torch.compile-d denoiser ({type(denoiser._orig_mod).__name__} "
+            "wrapped in OptimizedModule): the compiled graph does not call the hooks the recorder adds to its "
+            "attention layers, so the maps would be empty. Trace attention on the uncompiled module (e.g. "
+            "pipe.unet = pipe.unet._orig_mod for the run), or trace with attention=False (that works compiled)")

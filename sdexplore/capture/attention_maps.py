@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ..prompts import Token, word_positions
 
@@ -212,10 +211,13 @@ class AttentionMaps:
     # --- for pictures -------------------------------------------------------------------------
 
     def upsample(self, maps: torch.Tensor, size=None) -> torch.Tensor:
-        """[..., H, W]: maps [..., h, w] resized (bilinear) to ``size``, by default the image size."""
+        """[..., H, W]: maps [..., h, w] resized to ``size`` (by default the image size) as the layers are resized
+        to the grid (``upsample_layer_maps``: bicubic, clipped at 0)."""
+        from .attention import upsample_layer_maps  # attention.py imports this module
+
         size = self.image_size if size is None else ((size, size) if isinstance(size, int) else tuple(size))
         flat = maps.float().reshape(-1, 1, *maps.shape[-2:])
-        return F.interpolate(flat, size=size, mode="bilinear", align_corners=False).reshape(*maps.shape[:-2], *size)
+        return upsample_layer_maps(flat, size).reshape(*maps.shape[:-2], *size)
 
     @staticmethod
     def normalize(maps: torch.Tensor) -> torch.Tensor:

@@ -95,7 +95,8 @@ class StepRecorder:
 
     def __enter__(self) -> "StepRecorder":
         self._owner = threading.get_ident()
-        self._signature = inspect.signature(self.denoiser.forward)
+        # a torch.compile-d UNet (OptimizedModule) takes *args, **kwargs: bind calls to the wrapped forward
+        self._signature = inspect.signature(getattr(self.denoiser, "_orig_mod", self.denoiser).forward)
         self._handles = [
             self.denoiser.register_forward_pre_hook(self._before_denoiser, with_kwargs=True),
             self.denoiser.register_forward_hook(self._after_denoiser, with_kwargs=True),

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..capture.attention import upsample_layer_maps
 from ..prompts import TokenGroup, token_groups, token_table, word_positions
 
 # A pixel is "attended" above this fraction of the map's maximum. DAAM uses 0.4 on SD's 64x64 maps; for
@@ -51,8 +51,9 @@ def most_attended_word(maps, prompt_index: int = 0) -> TokenGroup:
 
 
 def attended_region(heat: torch.Tensor, size: tuple[int, int], threshold: float = ATTENTION_THRESHOLD) -> np.ndarray:
-    """bool [H, W]: the map [h, w] upsampled (bilinear) to ``size``, min-max scaled, above ``threshold``."""
-    up = F.interpolate(heat[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
+    """bool [H, W]: the map [h, w] upsampled to ``size`` (bicubic, clipped at 0, as AttentionMaps.upsample),
+    min-max scaled, above ``threshold``."""
+    up = upsample_layer_maps(heat[None, None].float(), tuple(size))[0, 0]
     up = up - up.min()
     return (up / up.max().clamp_min(1e-12) > threshold).numpy()
 

@@ -7,6 +7,8 @@
 - cat vs kitten: among those prompts that ask for a cat or a kitten, the judge tells which;
 - attention faithfulness: the object word's cross-attention map, thresholded, against the object's
   mask in the generated image (foreground pixels that differ from the known background colour);
+  printed beside DAAM's aggregation of the same runs (``daam_word_heat``), at the gate's threshold
+  and at DAAM's 40%;
 - cat <-> kitten: sliding the "cat" token embedding toward "kitten" turns cats into kittens;
 - speed: 25 steps with classifier-free guidance, one image, on this machine's CPU.
 """
@@ -20,6 +22,7 @@ import time
 import numpy as np
 import torch
 
+from ..capture.attention import upsample_layer_maps
 from ..studies.attention import ATTENTION_THRESHOLD, attended_region, iou
 from . import world
 from .judge import foreground_mask, get_judge
@@ -28,6 +31,8 @@ THRESHOLDS = {"kind": 0.90, "color": 0.90, "position": 0.90, "cat_vs_kitten": 0.
               "seconds_25_steps": 1.5}
 STEPS, GUIDANCE = 25, 7.5
 VALIDATION_SEED = 100  # scenes and seeds for choosing the attention threshold; the gates use seed 0
+METHODS = ("sdexplore", "daam")  # word-map aggregations the attention gate scores side by side
+DAAM_THRESHOLD = 0.4  # DAAM's own threshold (40% of the map's maximum), reported beside the gate's
 
 
 def object_words(kind: str) -> list[str]:
@@ -53,29 +58,62 @@ def prompt_following(pipe, n: int = 100, seed: int = 0) -> dict:
     return get_judge().score(images, scenes)
 
 
-def object_word_heats(pipe, n: int = 32, seed: int = 0, batch: int = 8):
+def object_word_heats(pipe, n: int = 32, seed: int = 0, batch: int = 8, method: str = "sdexplore"):
     """Yield (heat [h, w], object mask bool [H, W]) for n held-out single-object scenes: the object
-    word's map (all layers and steps averaged) and the object's pixels in the generated image."""
+    word's map (all layers and steps averaged) and the object's pixels in the generated image.
+
+    method: "sdexplore" (the default word map, ``trace(attention=True)``) or "daam" (DAAM's aggregation,
+    ``daam_word_heat``, of the same runs' per-layer, per-head maps; the same images)."""
     from ..capture.run import trace
 
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     scenes = world.held_out_prompts(n, seed=seed + 1)
+    attention = {"sdexplore": {"attention": True},
+                 "daam": {"attention": "per_layer", "attention_options": {"per_head": True}}}[method]
     for start in range(0, n, batch):
         chunk = scenes[start:start + batch]
         prompts = [world.canonical_prompt(s) for s in chunk]
-        run = trace(pipe, prompts, seed=seed + start, attention=True, num_inference_steps=STEPS,
-                    guidance_scale=GUIDANCE)
-        maps = run.attention.token_maps()  # [B, 77, h, w]; each image of the batch has its own prompt
+        run = trace(pipe, prompts, seed=seed + start, num_inference_steps=STEPS, guidance_scale=GUIDANCE, **attention)
+        maps = run.attention.token_maps() if method == "sdexplore" else None  # [B, 77, h, w]
         for index, (scene, image) in enumerate(zip(chunk, run.images)):
-            heat = torch.stack([maps[index, run.attention.word_positions(word, index)].sum(0)
-                                for word in object_words(scene.objects[0].kind)]).mean(0)
+            words = object_words(scene.objects[0].kind)
+            if method == "daam":
+                heat = daam_word_heat(run.attention, index, words)
+            else:
+                heat = torch.stack([maps[index, run.attention.word_positions(word, index)].sum(0)
+                                    for word in words]).mean(0)
             yield heat, foreground_mask(np.asarray(image))
 
 
-def attention_iou(pipe, n: int = 32, seed: int = 0, threshold: float = ATTENTION_THRESHOLD) -> dict:
+def daam_word_heat(maps, index: int, words: list[str]) -> torch.Tensor:
+    """[h, w]: DAAM's word map (castorini/daam, ``compute_global_heat_map``) of image ``index`` from a trace
+    with attention="per_layer" and per_head=True: every head of every layer, summed over the steps at the
+    layer's own grid, upsampled bicubically to the latent grid and clipped at 0; the mean over layers and
+    heads; a word is the mean of its tokens' maps (the words of ``words`` averaged)."""
+    upsampled = []
+    for name in maps.layer_names:
+        heads = maps.head_maps(name)[index].permute(0, 3, 1, 2)  # mean over steps [heads, T, hl, wl]
+        upsampled.append(upsample_layer_maps(heads.float(), maps.latent_size))  # [heads, T, h, w]
+    tokens = torch.cat(upsampled).mean(0)  # [T, h, w]
+    return torch.stack([tokens[maps.word_positions(word, index)].mean(0) for word in words]).mean(0)
+
+
+def attention_iou(pipe, n: int = 32, seed: int = 0, threshold: float = ATTENTION_THRESHOLD,
+                  method: str = "sdexplore") -> dict:
     """Mean IoU of the thresholded object-word attention map vs the object's mask in the image."""
-    ious = [iou(attended_region(heat, mask.shape, threshold), mask)
-            for heat, mask in object_word_heats(pipe, n, seed)]
-    return {"mean_iou": float(np.mean(ious)), "ious": ious}
+    return attention_ious(pipe, n, seed, (threshold,), method)[threshold]
+
+
+def attention_ious(pipe, n: int = 32, seed: int = 0, thresholds=(ATTENTION_THRESHOLD, 0.4),
+                   method: str = "sdexplore") -> dict[float, dict]:
+    """{threshold: {"mean_iou", "ious"}}: attention_iou at several thresholds from one set of runs."""
+    pairs = list(object_word_heats(pipe, n, seed, method=method))
+    scores = {}
+    for threshold in thresholds:
+        ious = [iou(attended_region(heat, mask.shape, threshold), mask) for heat, mask in pairs]
+        scores[threshold] = {"mean_iou": float(np.mean(ious)), "ious": ious}
+    return scores
 
 
 def threshold_sweep(pipe, thresholds=(0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7), n: int = 32,
@@ -122,10 +160,29 @@ def measure_all(pipe, n: int = 100, n_attention: int = 32) -> dict:
     following = prompt_following(pipe, n=n)
     results = {key: following[key] for key in ("kind", "color", "position", "cat_vs_kitten")}
     results["all_three"] = following.get("all")
-    results["mean_iou"] = attention_iou(pipe, n=n_attention)["mean_iou"]
+    results["attention"] = attention_by_method(pipe, n_attention)
+    results["mean_iou"] = results["attention"]["sdexplore"][ATTENTION_THRESHOLD]
     results["interpolation"] = cat_kitten_interpolation(pipe)
     results["seconds_25_steps"] = seconds_for_25_steps(pipe)
     return results
+
+
+def attention_by_method(pipe, n: int = 32) -> dict[str, dict[float, float]]:
+    """{method: {threshold: mean IoU}} for sdexplore's and DAAM's word maps, at the gate's threshold and 40%."""
+    thresholds = (ATTENTION_THRESHOLD, DAAM_THRESHOLD)
+    return {method: {t: score["mean_iou"] for t, score in attention_ious(pipe, n, thresholds=thresholds,
+                                                                          method=method).items()}
+            for method in METHODS}
+
+
+def attention_comparison(scores: dict) -> str:
+    """Lines comparing the word maps' mean IoU by method, at the gate's threshold and at DAAM's 40%."""
+    lines = [f"attention IoU      {'method':<10} at {ATTENTION_THRESHOLD:.0%}   at {DAAM_THRESHOLD:.0%}"]
+    lines += [f"                   {method:<10} {by[ATTENTION_THRESHOLD]:6.3f}   {by[DAAM_THRESHOLD]:6.3f}"
+              for method, by in scores.items()]
+    ahead = all(scores["sdexplore"][t] >= scores["daam"][t] for t in (ATTENTION_THRESHOLD, DAAM_THRESHOLD))
+    lines.append(f"                   sdexplore at least DAAM-style at both thresholds: {'yes' if ahead else 'no'}")
+    return "\n".join(lines)
 
 
 def passed(name: str, value: float) -> bool:
@@ -139,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-attention", type=int, default=32)
     parser.add_argument("--sweep-threshold", action="store_true",
                         help="print mean IoU by attention threshold on validation scenes, then stop")
+    parser.add_argument("--attention-only", action="store_true",
+                        help="print only the attention IoU of sdexplore's and DAAM's word maps, then stop")
     args = parser.parse_args(argv)
     from ..models import load_pipeline
 
@@ -146,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep_threshold:
         for threshold, score in threshold_sweep(pipe, n=args.n_attention).items():
             print(f"threshold {threshold:.2f}   validation mean IoU {score:.3f}")
+        return 0
+    if args.attention_only:
+        print(attention_comparison(attention_by_method(pipe, args.n_attention)))
         return 0
     results = measure_all(pipe, n=args.n, n_attention=args.n_attention)
     failures = 0
@@ -158,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     print("cat->kitten        kitten rate by alpha " +
           ", ".join(f"{a:.2f}: {r:.2f}" for a, r in zip(rates["alphas"], rates["kitten_rate"])))
     print(f"all three right    {results['all_three']}")
+    print(attention_comparison(results["attention"]))
     return 1 if failures else 0
 
 
