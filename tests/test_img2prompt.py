@@ -127,3 +127,52 @@ def test_candidates_hold_the_truth_once_and_read_back():
         == {"kind": "cat", "color": "white", "position": "left"}
     assert img2prompt.read_attributes("a photo of, green grass background, palm, at the top") \
         == {"kind": "palm tree", "color": None, "position": "top"}
+
+
+def test_recovery_study_bookkeeping_on_tiny_models(tiny, tiny_clip):
+    """The flags agree with the scores they come from (random models: the values themselves mean nothing)."""
+    from sdexplore.plot.img2prompt import plot_img2prompt
+
+    clip, processor = tiny_clip
+    result = img2prompt.recovery_study(tiny, clip, processor, n=2, timesteps=(500,), seeds=(0,))
+    assert result["clip_scores"].shape == (2, 3, 6) and result["disagree"].shape == (2, 3)
+    for i in range(2):
+        for a in range(3):
+            clip_scores = result["clip_scores"][i, a]
+            like_scores = result["likelihood_scores"][i, a]
+            valid = ~torch.isnan(clip_scores)
+            assert bool((valid == ~torch.isnan(like_scores)).all())
+            clip_best = int(clip_scores[valid].argmax())
+            like_best = int(like_scores[valid].argmin())
+            truth = int(result["true_index"][i, a])
+            assert bool(result["clip_correct"][i, a]) == (clip_best == truth)
+            assert bool(result["likelihood_correct"][i, a]) == (like_best == truth)
+            assert bool(result["disagree"][i, a]) == (clip_best != like_best)
+    summary = img2prompt.summarize(result)
+    assert summary["disagreements"]["total"] == int(result["disagree"].sum()) and summary["questions"] == 6
+    assert set(summary["likelihood"]) == {"kind", "color", "position"}
+    figure = plot_img2prompt(result)
+    assert len(figure.axes) == 2
+
+
+# --- the toy: the measured numbers (few images, one noise seed: light) ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toy_recovery():
+    return img2prompt.toy_recovery(n=6, seed=11, seeds=(0,))
+
+
+def test_the_models_own_likelihood_recovers_the_toy_prompt(toy_recovery):
+    likelihood = img2prompt.summarize(toy_recovery)["likelihood"]
+    assert likelihood["kind"] >= 5 / 6 and likelihood["color"] >= 5 / 6 and likelihood["position"] >= 4 / 6
+
+
+def test_clips_favourite_is_not_always_the_models_most_likely_prompt(toy_recovery):
+    """The notes' "important point", measured: on the same candidate prompts, CLIP's best cosine and the
+    model's lowest denoising error disagree on some questions."""
+    summary = img2prompt.summarize(toy_recovery)
+    assert summary["disagreements"]["total"] >= 1
+    disagree = toy_recovery["disagree"]
+    clip_right, model_right = toy_recovery["clip_correct"], toy_recovery["likelihood_correct"]
+    assert bool((clip_right ^ model_right)[disagree].any()), "where they disagree, one of them is wrong"

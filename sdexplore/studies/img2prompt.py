@@ -329,3 +329,22 @@ def summarize(result: dict[str, torch.Tensor]) -> dict:
     summary["disagreements"]["total"] = int(disagree.sum())
     summary["questions"] = int(disagree.numel())
     return summary
+
+
+def toy_recovery(n: int = 24, seed: int = 11, *, timesteps=TIMESTEPS, seeds=NOISE_SEEDS, pipe=None,
+                 clip_folder=None) -> dict[str, torch.Tensor]:
+    """``recovery_study`` with the shipped toy model and toy CLIP, through ``sdexplore.cache`` (a notebook and
+    its claims test share one computation). ``pipe``: an already loaded toy pipeline, to save loading it again."""
+    from ..cache import cached
+    from ..models import load_pipeline
+    from ..toy.clip_gates import CLIP_WEIGHTS, load_toy_clip
+
+    folder = clip_folder or CLIP_WEIGHTS
+
+    def compute():
+        clip, processor = load_toy_clip(folder)
+        return recovery_study(pipe or load_pipeline("toy"), clip, processor, n=n, seed=seed, timesteps=timesteps,
+                              seeds=seeds)
+
+    return cached("img2prompt_recovery", compute, model="toy", clip=str(folder), n=n, seed=seed,
+                  timesteps=list(timesteps), seeds=list(seeds))

@@ -44,15 +44,12 @@ def combinations() -> list[tuple[str, str, str]]:
 
 def ensemble_captions(kind: str, color: str, position: str, n: int, rng: np.random.Generator) -> list[str]:
     """n world captions of a one-object scene with this kind, colour and position (the rest random)."""
+    from .clip import random_object
+
     backgrounds = [b for b in world.BACKGROUNDS if world.contrasts(kind, color, b)]
     captions = []
     for _ in range(n):
-        pattern = eyes = None
-        if kind in world.CAT_KINDS:
-            patterns = world.PATTERNS_BY_FUR.get(color, world.PATTERNS)
-            pattern = patterns[rng.integers(len(patterns))]
-            eyes = world.EYE_COLORS[rng.integers(len(world.EYE_COLORS))]
-        obj = world.ObjectSpec(kind, color, pattern, eyes, position, world.SIZES[rng.integers(2)])
+        obj = random_object(kind, color, position, world.SIZES[rng.integers(2)], rng)
         captions.append(world.caption(world.SceneSpec([obj], backgrounds[rng.integers(len(backgrounds))]), rng))
     return captions
 
