@@ -3,6 +3,15 @@
     python -m sdexplore.toy.clip --out runs/toy/clip            # ~10 min on one CPU thread, resumable
     python -m sdexplore.toy.clip --out runs/toy/clip --device cuda
 
+The shipped one (sdexplore/toy/weights/clip, its training.json holds the three runs) was trained in three runs,
+each going on from the last (one CPU thread, 35 min in all on a busy 2-core machine):
+
+    python -m sdexplore.toy.clip --out runs/toy/clip3 --minutes 0 --steps 600
+    python -m sdexplore.toy.clip --out runs/toy/clip5 --minutes 0 --steps 400 --lr 5e-4 --seed 1 \
+        --init-from runs/toy/clip3
+    python -m sdexplore.toy.clip --out runs/toy/clip6 --minutes 0 --steps 400 --lr 5e-4 --seed 2 \
+        --twin-weights 1 3 1 --init-from runs/toy/clip5
+
 transformers' ``CLIPModel``: the text tower has the toy text encoder's shape (128 wide, 3 layers, 4 heads,
 77 positions, the project's tokenizer), the image tower is a ViT of the same width on 8x8-pixel patches of
 the 64x64 renders. Training is CLIP's: a batch of (image, caption) pairs, the symmetric InfoNCE loss over
@@ -64,6 +73,7 @@ class ClipTrainConfig:
     threads: int = 1
     init_text_from: str | None = None  # a CLIPTextModel folder of the text tower's shape to start the text tower from
     init_from: str | None = None  # a toy CLIP folder (train_clip's output) to go on training from
+    twin_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # how often a twin changes position, kind, colour
 
 
 TEST_CONFIG = ClipTrainConfig(images=32, steps=3, batch=8, warmup=1, minutes=None, checkpoint_every=2, log_every=1)
@@ -163,14 +173,22 @@ def random_object(kind: str, color: str, position: str, size: str, rng: np.rando
     return world.ObjectSpec(kind, color, pattern, eyes, position, size)
 
 
-def twin_scene(scene: world.SceneSpec, rng: np.random.Generator) -> world.SceneSpec:
+CHANGES = ("position", "kind", "color")
+
+
+def twin_scene(scene: world.SceneSpec, rng: np.random.Generator,
+               weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> world.SceneSpec:
     """The same scene with one thing changed: an object's position (two objects swap places), its kind or its
     colour. A batch holding both teaches what in-batch negatives alone rarely ask: *where* and *which* kind.
-    Held-out combinations are never produced."""
+    ``weights``: how often each of ``CHANGES`` is picked. Held-out combinations are never produced."""
     for _ in range(100):
         objects = list(scene.objects)
         index = int(rng.integers(len(objects)))
-        obj, change = objects[index], ("position", "kind", "color")[rng.integers(3)]
+        if len(set(weights)) == 1:  # equal odds (drawn this way so that runs made before weights existed repeat)
+            change = CHANGES[rng.integers(3)]
+        else:
+            change = CHANGES[rng.choice(3, p=np.asarray(weights) / sum(weights))]
+        obj = objects[index]
         if change == "position" and len(objects) == 2:
             objects = [replace(objects[0], position=objects[1].position),
                        replace(objects[1], position=objects[0].position)]
@@ -203,7 +221,7 @@ def training_batch(pixels: torch.Tensor, scenes: list, step: int, config) -> tup
     """
     rng = np.random.default_rng([config.seed, 3, step])
     indices = rng.integers(0, len(scenes), config.batch // 2)
-    twins = [twin_scene(scenes[i], rng) for i in indices]
+    twins = [twin_scene(scenes[i], rng, config.twin_weights) for i in indices]
     twin_images = np.stack([world.render(t, size=pixels.shape[-1], rng=rng).image for t in twins])
     captions = [world.caption(scenes[i], rng) for i in indices] + [world.caption(t, rng) for t in twins]
     return torch.cat([pixels[indices], pixel_values(twin_images)]), captions
@@ -318,12 +336,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="start the text tower from this CLIPTextModel folder (e.g. the toy text_encoder)")
     parser.add_argument("--init-from", default=None, help="a toy CLIP folder to go on training from")
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--twin-weights", type=float, nargs=3, default=None, metavar=("POSITION", "KIND", "COLOUR"),
+                        help="how often a hard-negative twin changes each (default 1 1 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     parser.add_argument("--gates", action="store_true", help="measure the gates afterwards, record them")
     parser.add_argument("--test", action="store_true", help="a tiny config that runs in seconds (for tests)")
     args = parser.parse_args(argv)
     config = TEST_CONFIG if args.test else ClipTrainConfig()
     overrides = {"seed": args.seed, "init_text_from": args.init_text_from, "init_from": args.init_from}
+    if args.twin_weights:
+        overrides["twin_weights"] = tuple(args.twin_weights)
     overrides.update({k: v for k, v in (("steps", args.steps), ("minutes", args.minutes),
                                          ("threads", args.threads), ("lr", args.lr)) if v is not None})
     workdir = args.workdir or args.out.with_name(args.out.name + "-work")
