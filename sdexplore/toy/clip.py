@@ -3,14 +3,16 @@
     python -m sdexplore.toy.clip --out runs/toy/clip            # ~10 min on one CPU thread, resumable
     python -m sdexplore.toy.clip --out runs/toy/clip --device cuda
 
-The shipped one (sdexplore/toy/weights/clip, its training.json holds the three runs) was trained in three runs,
-each going on from the last (one CPU thread, 35 min in all on a busy 2-core machine):
+The shipped one (sdexplore/toy/weights/clip, its training.json holds every run) was trained in four runs,
+each going on from the last (one CPU thread, 41 min in all on a busy 2-core machine, 1800 steps):
 
     python -m sdexplore.toy.clip --out runs/toy/clip3 --minutes 0 --steps 600
     python -m sdexplore.toy.clip --out runs/toy/clip5 --minutes 0 --steps 400 --lr 5e-4 --seed 1 \
         --init-from runs/toy/clip3
     python -m sdexplore.toy.clip --out runs/toy/clip6 --minutes 0 --steps 400 --lr 5e-4 --seed 2 \
         --twin-weights 1 3 1 --init-from runs/toy/clip5
+    python -m sdexplore.toy.clip --out runs/toy/clip7 --minutes 0 --steps 400 --lr 5e-4 --seed 3 \
+        --twin-weights 1 4 1 --init-from runs/toy/clip6
 
 transformers' ``CLIPModel``: the text tower has the toy text encoder's shape (128 wide, 3 layers, 4 heads,
 77 positions, the project's tokenizer), the image tower is a ViT of the same width on 8x8-pixel patches of
