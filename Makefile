@@ -6,7 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-browser setup clean train-toy gates bench figures
+
+.PHONY: demo test test-oldest test-browser setup clean train-toy gates bench figures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,27 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The capture tests (every family's trace, attention, previews, loading) against the OLDEST diffusers and
+# transformers pyproject.toml allows, in a venv of their own: tools in this field break when diffusers moves,
+# and `make test` already runs against the newest release pip finds. The floors are read from pyproject.toml.
+OLDEST_VENV := .venv-oldest
+OLDEST_STAMP := $(OLDEST_VENV)/.installed
+OLDEST_PINS = $(shell $(PYTHON) -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print(' '.join(d.replace('>=', '==') for d in deps if d.startswith(('diffusers>=', 'transformers>='))))")
+OLDEST_TESTS := tests/test_families.py tests/test_attention.py tests/test_attention_families.py tests/test_trace.py \
+	tests/test_decode.py tests/test_models.py tests/test_toy_folder.py
+
+$(OLDEST_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OLDEST_VENV)/bin/python -c "import torch" 2>/dev/null || $(OLDEST_VENV)/bin/python -m pip install -q torch==2.13.0 \
+		|| $(OLDEST_VENV)/bin/python -m pip install -q torch
+	$(OLDEST_VENV)/bin/python -m pip install -q -e ".[test]" $(OLDEST_PINS)
+	touch $(OLDEST_STAMP)
+
+test-oldest: $(OLDEST_STAMP)
+	$(OLDEST_VENV)/bin/python -c "import diffusers, transformers; print('oldest allowed: diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
+	$(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(OLDEST_TESTS)
 
 # The notebooks with widgets, used in a real JupyterLab driven by headless Chromium (tests_browser/).
 # Installs Debian's chromium when it is missing (no browser download: Playwright launches /usr/bin/chromium)
@@ -57,4 +79,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_trace.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(OLDEST_VENV) .pytest_cache

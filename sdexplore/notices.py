@@ -9,6 +9,9 @@ libraries say still gets through. Installed when this module is imported (``sdex
 - transformers, when diffusers' ``load_textual_inversion`` grows the text encoder's embedding table: "The new
   embeddings will be initialized from a multivariate normal distribution …". diffusers writes the loaded vector
   into the new row straight after, so the initialisation it describes never reaches a picture.
+- diffusers, when ``from_pipe`` makes an SDXL img2img/inpainting sibling and casts its VAE to the dtype it
+  already has: "There are modules in AutoencoderKL that should be kept in float32: []" (an empty list: no module
+  is concerned; a message naming modules still gets through).
 - the "Loading pipeline components" / "Loading weights" progress bars of a model that loads in a second:
   ``quiet_loading()`` turns them off around ``load_pipeline``'s loading only, and puts them back.
 
@@ -23,6 +26,7 @@ from contextlib import contextmanager
 KNOWN_NOTICES = (
     ("transformers.utils.import_utils", "requires torchvision (not installed); falling back to"),
     ("transformers.modeling_utils", "The new embeddings will be initialized from a multivariate normal distribution"),
+    ("diffusers.models.modeling_utils", "that should be kept in float32: []."),
 )
 
 

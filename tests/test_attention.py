@@ -1,4 +1,4 @@
-"""Cross-attention maps (issue 3): capture, correctness, access, saving, pictures, bad input."""
+"""Cross-attention maps on SD1/2 (issues 3 and 15): capture, correctness, access, saving, pictures, bad input."""
 
 import io
 
@@ -10,8 +10,15 @@ from diffusers.models.attention_processor import Attention, AttnProcessor, AttnP
 from PIL import Image
 
 import sdexplore
-from sdexplore.capture.attention import AttentionProcessorsReplacedWarning, AttentionRecorder
-from sdexplore.capture.attention_processor import RecordingAttnProcessor, cross_attention_layers
+from sdexplore.capture.attention import AttentionRecorder, UncapturableAttentionError
+from sdexplore.capture.attention_processor import (
+    AttentionLayer,
+    bind_inputs,
+    cross_attention_layers,
+    mask_block,
+    probabilities,
+    queries_and_keys,
+)
 
 matplotlib.use("Agg")
 
@@ -131,26 +138,23 @@ def test_sd2_shape_is_recorded(pipes):
 
 
 def test_mask_and_upcast_are_respected():
+    """The recomputed probabilities, times the values, give the layer's own output (mask and upcast included)."""
     torch.manual_seed(0)
     layer = Attention(16, cross_attention_dim=8, heads=2, dim_head=8, upcast_attention=True, upcast_softmax=True)
-
-    class Sink:
-        def rows(self, batch):
-            return slice(None)
-
-        def add(self, name, probs):
-            self.probs = probs
-
-    sink, original = Sink(), AttnProcessor2_0()
+    layer.set_processor(AttnProcessor2_0())
     hidden, text = torch.randn(2, 5, 16), torch.randn(2, 6, 8)
     keep = torch.tensor([[1, 1, 1, 0, 0, 1], [1, 1, 1, 1, 1, 1]])
     mask = ((1 - keep) * -10000.0).unsqueeze(1)  # what the UNet makes of encoder_attention_mask
-    expected = original(layer, hidden, text, mask)
-    layer.set_processor(RecordingAttnProcessor(original, "x", sink))
-    torch.testing.assert_close(layer(hidden, text, attention_mask=mask), expected)
-    assert sink.probs.shape == (2, 2, 5, 6)
-    assert sink.probs[0, :, :, 3:5].max() < 1e-6
-    torch.testing.assert_close(sink.probs.sum(-1), torch.ones(2, 2, 5))
+    expected = layer(hidden, text, attention_mask=mask)
+    inputs = bind_inputs(layer, (hidden, text), {"attention_mask": mask})
+    qk = queries_and_keys(AttentionLayer("x", layer, "cross", 2), inputs, slice(None), None)
+    probs = probabilities(qk.image_q, qk.text_k, qk.scale, mask_block(qk, "image", "text", {"image": 5, "text": 6}))
+    assert probs.shape == (2, 2, 5, 6)
+    assert probs[0, :, :, 3:5].max() < 1e-6
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 2, 5))
+    values = layer.to_v(text).unflatten(-1, (2, 8)).transpose(1, 2)
+    output = layer.to_out[0]((probs @ values).transpose(1, 2).flatten(2))
+    torch.testing.assert_close(output, expected)
 
 
 # --- processors in place and put back ---------------------------------------------------------
@@ -168,14 +172,14 @@ def test_processors_are_put_back_after_an_error(pipes):
     before = _all_processors(pipe)
 
     def fail(pipe, step, timestep, kwargs):
-        assert isinstance(pipe.unet.attn_processors[
-            "down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor"], RecordingAttnProcessor)
+        assert pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2._forward_pre_hooks  # recording
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
         sdexplore.trace(pipe, "a dog", seed=0, attention=True, callback_on_step_end=fail, **FAST)
     after = _all_processors(pipe)
     assert all(after[name] is before[name] for name in before)
+    assert not any(module._forward_pre_hooks for module in pipe.unet.modules())
 
 
 def test_other_processors_are_wrapped_and_kept():
@@ -190,15 +194,17 @@ def test_other_processors_are_wrapped_and_kept():
     assert all(type(p).__name__ == "SlicedAttnProcessor" for p in self_attention)
 
 
-def test_self_attention_keeps_its_processor_during_the_run(pipes):
+def test_every_processor_stays_in_place_during_the_run(pipes):
     pipe = pipes["tiny"]
+    before = _all_processors(pipe)
     with AttentionRecorder(pipe) as recorder:
-        processors = _all_processors(pipe)
-    assert all(isinstance(p, RecordingAttnProcessor) == n.endswith("attn2.processor") for n, p in processors.items())
+        during = _all_processors(pipe)
+    assert all(during[name] is before[name] for name in before)
     assert len(recorder.layers) == 7
 
 
-def test_replacing_processors_during_the_run_is_reported():
+def test_replacing_processors_during_the_run():
+    """A standard processor put in mid-run is still recorded; one sdexplore cannot read is an error naming it."""
     pipe = sdexplore.tiny_pipeline("tiny")
 
     def replace(pipe, step, timestep, kwargs):
@@ -206,12 +212,27 @@ def test_replacing_processors_during_the_run_is_reported():
             pipe.unet.set_attn_processor(AttnProcessor())
         return {}
 
-    with pytest.warns(AttentionProcessorsReplacedWarning, match="7 of 7 cross-attention layers"):
-        run = sdexplore.trace(pipe, PROMPT, seed=0, attention=True, callback_on_step_end=replace, **FAST)
-    assert run.attention.token_maps(steps=0).shape == (1, 77, 8, 8)
-    with pytest.raises(ValueError, match="nothing was recorded"):
-        run.attention.token_maps(steps=2)
+    run = sdexplore.trace(pipe, PROMPT, seed=0, attention=True, callback_on_step_end=replace, **FAST)
+    assert run.attention.token_maps(steps=2).shape == (1, 77, 8, 8)
     assert all(type(p) is AttnProcessor for p in _all_processors(pipe).values())
+
+    class Mine(AttnProcessor):
+        pass
+
+    class Opaque:
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+            return AttnProcessor()(attn, hidden_states, encoder_hidden_states, attention_mask)
+
+    def opaque(pipe, step, timestep, kwargs):
+        pipe.unet.set_attn_processor(Opaque())
+        return {}
+
+    with pytest.raises(UncapturableAttentionError, match=r"down_blocks.0.attentions.0.transformer_blocks.0.attn2 "
+                                                         r"\(Opaque\).*trusted_processors"):
+        sdexplore.trace(pipe, PROMPT, seed=0, attention=True, callback_on_step_end=opaque, **FAST)
+    assert not any(module._forward_pre_hooks for module in pipe.unet.modules())
+    pipe.unet.set_attn_processor(Mine())  # a subclass of a standard processor is standard
+    assert sdexplore.trace(pipe, PROMPT, seed=0, attention=True, **FAST).attention.num_steps == 3
 
 
 # --- batches, CFG halves, img2img -----------------------------------------------------------
@@ -352,3 +373,18 @@ def test_figures_are_returned(run, layered):
     assert len(maps[1]) == 77
     assert len(maps[3]) == 7 * 9  # 7 layers x (start, 6 words, end, first padding)
     figures[2].savefig(io.BytesIO(), format="png")
+
+
+def test_trace_refuses_a_capture_over_its_budget(pipes):
+    from sdexplore.capture.attention import AttentionCaptureTooLargeError
+
+    pipe = pipes["tiny"]
+    # per_layer: 3 steps x 77 tokens x (3 layers at 8x8 + 4 at 4x4) x 2 bytes = 118272 bytes (115.5 KB);
+    # aggregate: 3 x 77 x 8 x 8 x 2 = 29568 bytes (28.9 KB)
+    with pytest.raises(AttentionCaptureTooLargeError, match=r"would keep 115.5 KB \(mode='per_layer'.*These fit: "
+                                                            r"attention='aggregate' keeps 28.9 KB"):
+        sdexplore.trace(pipe, PROMPT, seed=0, attention="per_layer", attention_options={"max_bytes": 40_000}, **FAST)
+    assert not any(module._forward_pre_hooks for module in pipe.unet.modules())
+    run = sdexplore.trace(pipe, PROMPT, seed=0, attention="per_layer", attention_options={"max_bytes": 118_272},
+                          **FAST)
+    assert run.attention.nbytes == 118_272

@@ -1,84 +1,129 @@
-"""Record cross-attention maps over the 77 prompt tokens while a pipeline runs.
+"""Record attention maps over the denoiser's text sequence while a pipeline runs (SD1/2, SDXL, SD3, Flux).
 
-``AttentionRecorder`` puts a ``RecordingAttnProcessor`` on every cross-attention (``attn2``)
-layer of the UNet, wrapping the processor found there, and a forward pre-hook on the UNet that
-counts steps (one UNet call per denoising step). On exit the original processor objects are put
-back, also when the run raises. ``result(token_tables)`` turns what was kept into
-``AttentionMaps`` (see attention_maps.py), which ``sdexplore.trace(..., attention=...)`` stores
-as ``Trace.attention``.
+``AttentionRecorder`` registers torch forward pre-hooks (with kwargs) on the denoiser (``pipe.unet``
+or ``pipe.transformer``: one call = one step) and on its attention modules. It never replaces a
+processor: the processor in place (SDPA, sliced, xformers, IP-Adapter, custom diffusion, the user's
+own) computes the output untouched, so a traced picture is the untraced picture. Each hook
+recomputes the layer's queries and keys from its own projections, norms and rotary embedding
+(attention_processor.py) for the batch rows wanted and keeps, on the device:
 
-Memory (B images, S steps, latent h x w, T = 77 tokens; SD1.5 at 512²: h = w = 64, S = 50):
-- mode="aggregate", keep="per_step" (default): each step's head-averaged maps of every layer are
-  upsampled to h x w and averaged on the device, then kept on the CPU in float16:
-  S·B·T·h·w·2 bytes (31.5 MB per image for SD1.5), twice that with keep_negative=True. The
-  device holds one float32 sum, B·T·h·w·4 bytes (1.3 MB per image), plus one layer's
-  probabilities while they are computed. Nothing grows with layers or heads.
-- keep="summed": the average over steps only, B·T·h·w·4 bytes (1.3 MB per image).
-- mode="per_layer": every layer's head-averaged map at its own resolution, float16 on the CPU:
-  S·B·T·2·Σ(hl·wl) bytes (208 MB per image for SD1.5: 16 layers at 64², 32², 16², 8²);
-  per_head=True multiplies it by the heads (8 for SD1.5).
+- image→text: softmax(Q_image·K_textᵀ·scale) over the text sequence the denoiser attends to (SD1/2/SDXL:
+  77 CLIP positions; SD3: 77 CLIP then 256 T5 positions; Flux: 512 T5 positions). A joint layer attends
+  to image and text keys at once; its image→text map is its probabilities restricted to the text keys and
+  renormalised over them (the relative weights are exactly the layer's);
+- text→text (joint layers, ``text_to_text=True``): the text queries over the text keys, renormalised;
+- image→image (``self_attention_patches=[(y, x), ...]``): each patch's query over the image keys of every
+  self/joint attention layer, upsampled to the grid and averaged over layers.
+
+Memory is computed, not guessed (attention_memory.py; the table in the README). With B images, S steps,
+T text positions, a grid of h x w image tokens: mode="aggregate", keep="per_step" keeps S·B·T·h·w·2 bytes
+(float16 on the CPU); keep="summed" B·T·h·w·4; mode="per_layer" S·B·T·2·Σ(hl·wl) (times each layer's heads
+with per_head=True). The device holds one float32 sum per grid plus one layer's probabilities. A run that
+would keep more than ``max_bytes`` (default 2 GiB) is refused at the first denoiser call, before any step,
+with the modes that fit. A layer whose probabilities cannot be recomputed exactly is an
+UncapturableAttentionError naming it and its processor, never a silently incomplete map.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
-import warnings
 
 import torch
 import torch.nn.functional as F
 
 from ..prompts import MAX_TOKENS, token_table
 from .attention_maps import AttentionMaps, layer_grid
-from .attention_processor import RecordingAttnProcessor, cross_attention_layers
+from .attention_memory import DEFAULT_MAX_BYTES, TEXT_KINDS, Capture, attention_plan, describe_bytes, kept_bytes
+from .attention_processor import (
+    UncapturableAttentionError,
+    attention_layers,
+    bind_inputs,
+    mask_block,
+    probabilities,
+    queries_and_keys,
+    uncapturable_reason,
+)
 
-__all__ = ["AttentionMaps", "AttentionProcessorsReplacedWarning", "AttentionRecorder"]
+__all__ = ["AttentionCaptureTooLargeError", "AttentionMaps", "AttentionRecorder", "UncapturableAttentionError",
+           "upsample_layer_maps"]
 
 MODES = ("aggregate", "per_layer")
 KEEPS = ("per_step", "summed")
 
 
-class AttentionProcessorsReplacedWarning(UserWarning):
-    """Something replaced the recording cross-attention processors while a run was traced."""
+class AttentionCaptureTooLargeError(MemoryError):
+    """A run would keep more attention maps than the budget (max_bytes) allows."""
+
+
+def upsample_layer_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[b, C, hl, wl] → [b, C, h, w]: a layer's maps on the image-token grid (bilinear; the one place layers are
+    resized to the grid)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
 class AttentionRecorder:
-    """Context manager recording the cross-attention probabilities of the pipeline calls inside it.
+    """Context manager recording the attention of the pipeline calls inside it (see the module docstring).
 
-    mode: "aggregate" (layers upsampled to the latent resolution and averaged as they come) or
-      "per_layer" (every layer at its own resolution);
-    keep: "per_step" (one map per step) or "summed" (the average over all steps);
-    layers: diffusers names of the attn2 layers to record (default: all);
+    mode: "aggregate" (layers upsampled to the grid and averaged as they come) or "per_layer" (every layer at
+      its own resolution); keep: "per_step" (one map per step) or "summed" (the average over all steps);
+    layers: diffusers names of the layers to record image→text from (default: all cross/joint/single ones);
     keep_negative: also keep the negative/unconditional half of a classifier-free-guidance batch;
-    per_head: keep every head apart (mode="per_layer" only).
+    per_head: keep every head apart (mode="per_layer" only);
+    text_to_text: also keep text→text maps of joint layers (SD3, Flux), layers averaged;
+    self_attention_patches: (y, x) positions on the grid whose image→image maps to keep, layers averaged;
+    max_bytes: refuse a run that would keep more than this (default 2 GiB);
+    trusted_processors: processor classes of your own whose attention is softmax(Q·Kᵀ·scale) of the
+      module's own projections (diffusers' standard processors are known already).
     """
 
     def __init__(self, pipe, mode: str = "aggregate", *, keep: str = "per_step", layers=None,
-                 keep_negative: bool = False, per_head: bool = False):
+                 keep_negative: bool = False, per_head: bool = False, text_to_text: bool = False,
+                 self_attention_patches=None, max_bytes: int = DEFAULT_MAX_BYTES, trusted_processors=()):
         _check_choice("mode", mode, MODES)
         _check_choice("keep", keep, KEEPS)
         if per_head and mode != "per_layer":
             raise ValueError("per_head=True keeps each layer's heads apart: use it with attention='per_layer' "
                              "(layers have different numbers of heads, so heads cannot be averaged across layers)")
-        self.pipe, self.unet = pipe, pipe.unet
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+            raise ValueError(f"max_bytes must be a positive number of bytes, got {max_bytes!r}")
+        self.pipe = pipe
+        self.denoiser = _denoiser(pipe)
         self.mode, self.keep, self.keep_negative, self.per_head = mode, keep, bool(keep_negative), bool(per_head)
-        self.layers = _select_layers(cross_attention_layers(self.unet), layers)
-        self._originals: dict[str, object] = {}
+        self.text_to_text, self.max_bytes = bool(text_to_text), max_bytes
+        self.patches = _check_patches(self_attention_patches)
+        self.trusted = tuple(trusted_processors)
+        self.all_layers = attention_layers(self.denoiser)
+        self.layers = _select_layers({n: la for n, la in self.all_layers.items() if la.kind in TEXT_KINDS}, layers,
+                                     "UNet" if self.denoiser is getattr(pipe, "unet", None) else "transformer")
+        self.self_layers = {n: la for n, la in self.all_layers.items() if la.has_image_self_attention} \
+            if self.patches else {}
+        self._check_text_to_text()
         self._handles: list = []
         self._text_encoder_ids: list[torch.Tensor] = []
         self._collector = _Collector(mode, keep, per_head)
-        self.replaced: dict[str, str] = {}
         self._owner: int | None = None
+        self._text_length: int | None = None
+        self._pixels_per_token = 1
+        self._capturable: dict[type, str | None] = {}  # processor class → why it cannot be captured (None: it can)
+
+    @property
+    def num_steps(self) -> int:
+        """Denoiser calls recorded as steps (the step recorder's count should equal it)."""
+        return len(self._collector.timesteps)
 
     # --- installing and removing -------------------------------------------------------------
 
     def __enter__(self) -> "AttentionRecorder":
         self._owner = threading.get_ident()  # calls from other threads pass through unrecorded
+        self._check_capturable()
         try:
-            for name, layer in self.layers.items():
-                original = layer.processor
-                layer.set_processor(RecordingAttnProcessor(original, name, self))
-                self._originals[name] = original
-            self._handles.append(self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
+            self._handles.append(self.denoiser.register_forward_pre_hook(self._before_denoiser, with_kwargs=True))
+            for layer in {**self.layers, **self.self_layers}.values():
+                hook = _LayerHook(self, layer)
+                self._handles.append(layer.module.register_forward_pre_hook(hook, with_kwargs=True))
             encoder = getattr(self.pipe, "text_encoder", None)
             if self.keep_negative and encoder is not None:
                 self._handles.append(encoder.register_forward_pre_hook(self._before_text_encoder, with_kwargs=True))
@@ -95,32 +140,40 @@ class AttentionRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        for name, original in self._originals.items():
-            layer = self.layers[name]
-            current = layer.processor
-            if isinstance(current, RecordingAttnProcessor) and current.recorder is self:
-                layer.set_processor(original)
-            else:
-                self.replaced[name] = type(current).__name__
-        self._originals = {}
-        if self.replaced:
-            warnings.warn(
-                f"{len(self.replaced)} of {len(self.layers)} cross-attention layers had their processor replaced "
-                f"during the traced run ({', '.join(sorted(set(self.replaced.values())))}); their attention is "
-                f"missing (NaN) from then on, and the new processors were left in place: "
-                f"{', '.join(self.replaced)}",
-                AttentionProcessorsReplacedWarning,
-                stacklevel=3,
-            )
 
-    # --- what the hooks and processors call ----------------------------------------------------
+    def _check_capturable(self) -> None:
+        problems = [f"{layer.name} ({type(layer.processor).__name__}): {reason}"
+                    for layer in {**self.layers, **self.self_layers}.values()
+                    if (reason := uncapturable_reason(layer, self.trusted))]
+        if problems:
+            raise UncapturableAttentionError(f"{len(problems)} attention layer(s) cannot be captured exactly:\n  "
+                                             + "\n  ".join(problems))
 
-    def _before_unet(self, module, args, kwargs):
+    def _check_text_to_text(self) -> None:
+        if self.text_to_text and not any(la.kind in ("joint", "single") for la in self.layers.values()):
+            raise ValueError("text_to_text=True needs joint attention (SD3, Flux); this denoiser's text layers are "
+                             "cross-attention only, where the text never attends to itself")
+
+    # --- what the hooks call ---------------------------------------------------------------------
+
+    def _before_denoiser(self, module, args, kwargs):
         if threading.get_ident() != self._owner:
             return None
-        sample = args[0] if args else kwargs["sample"]
-        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
-        self._collector.start_step(_timestep(timestep), tuple(sample.shape[-2:]), self._guided())
+        inputs = bind_inputs(module, args, kwargs)
+        sample = inputs.get("sample", inputs.get("hidden_states"))
+        grid, self._pixels_per_token = _token_grid(module, sample, inputs)
+        text = inputs.get("encoder_hidden_states")
+        self._text_length = None if text is None else int(text.shape[1])
+        if not self._collector.timesteps:
+            _check_patches_inside(self.patches, grid)
+            self._guard(sample.shape[0], grid)
+        timestep = _timestep(inputs.get("timestep"))
+        if self._collector.timesteps and timestep == self._collector.timesteps[-1]:
+            # a second call at the same timestep (Flux's true-CFG negative call, SD3's skip-layer guidance):
+            # the step keeps the first call's maps, the prompt's; this call is not recorded
+            self._collector.end_step()
+            return None
+        self._collector.start_step(timestep, grid, self._guided())
         return None
 
     def _before_text_encoder(self, module, args, kwargs):
@@ -132,45 +185,112 @@ class AttentionRecorder:
     def _guided(self) -> bool:
         try:
             return bool(self.pipe.do_classifier_free_guidance)
-        except AttributeError:  # outside a pipeline call
+        except AttributeError:  # outside a pipeline call, or a pipeline without CFG (Flux)
             return False
 
-    def rows(self, batch: int) -> slice | None:
-        """Batch rows of an attn2 call to record: the text half under CFG, unless keeping the negative."""
-        if threading.get_ident() != self._owner:
-            return None
-        return self._collector.rows(batch, self.keep_negative)
+    def _record(self, layer, args, kwargs, signature=None) -> None:
+        """One attention call: recompute its queries and keys for the wanted rows, keep what was asked."""
+        collector = self._collector
+        if threading.get_ident() != self._owner or not collector.is_open:
+            return
+        processor_type = type(layer.processor)  # it may have been replaced mid-run
+        if processor_type not in self._capturable:
+            self._capturable[processor_type] = uncapturable_reason(layer, self.trusted)
+        reason = self._capturable[processor_type]
+        if reason:
+            raise UncapturableAttentionError(f"attention layer {layer.name} ({type(layer.processor).__name__}) "
+                                             f"cannot be captured exactly: {reason}")
+        inputs = bind_inputs(layer.module, args, kwargs, signature)
+        rows = collector.rows(inputs["hidden_states"].shape[0], self.keep_negative)
+        with torch.no_grad():
+            qk = queries_and_keys(layer, inputs, rows, self._text_length)
+            lengths = {"image": qk.image_q.shape[2], "text": 0 if qk.text_k is None else qk.text_k.shape[2]}
+            if layer.name in self.layers:
+                collector.add(layer.name, probabilities(qk.image_q, qk.text_k, qk.scale,
+                                                        mask_block(qk, "image", "text", lengths)), layer.heads)
+                if self.text_to_text and qk.text_q is not None:
+                    text = probabilities(qk.text_q, qk.text_k, qk.scale, mask_block(qk, "text", "text", lengths))
+                    collector.add_relation("text_to_text", text.mean(1, dtype=torch.float32))
+            if layer.name in self.self_layers:
+                self._record_patches(qk, lengths)
 
-    def add(self, name: str, probs: torch.Tensor) -> None:
-        """One layer's probabilities [b, heads, n, T] for the rows ``rows`` chose."""
-        self._collector.add(name, probs, heads=self.layers[name].heads)
+    def _record_patches(self, qk, lengths) -> None:
+        """image→image: each patch's query row over the layer's image keys, [b, P, hl, wl] upsampled to the grid."""
+        grid = self._collector.latent_size
+        size = layer_grid(lengths["image"], grid)
+        index = torch.tensor([y * size[0] // grid[0] * size[1] + x * size[1] // grid[1] for y, x in self.patches],
+                             device=qk.image_q.device)
+        bias = mask_block(qk, "image", "image", lengths)
+        if bias is not None and bias.shape[-2] != 1:
+            bias = bias.index_select(-2, index)
+        probs = probabilities(qk.image_q.index_select(2, index), qk.image_k, qk.scale, bias)
+        maps = probs.mean(1, dtype=torch.float32).unflatten(-1, size)  # [b, P, hl, wl]
+        self._collector.add_relation("image_to_image", upsample_layer_maps(maps, grid))
+
+    def _guard(self, batch: int, grid: tuple[int, int]) -> None:
+        """Refuse, before the first step, a run that would keep more than max_bytes."""
+        halves = self._guided() and batch % 2 == 0
+        rows = batch // 2 if halves and not self.keep_negative else batch
+        capture = Capture(mode=self.mode, keep=self.keep, per_head=self.per_head, steps=self._planned_steps(),
+                          batch=rows, negative=halves and self.keep_negative, tokens=self._text_length or 0,
+                          grid=grid, text_to_text=self.text_to_text,
+                          patches=len(self.patches))
+        plan = attention_plan(self.denoiser, grid)
+        needed = kept_bytes(plan, capture, layers=self.layers)
+        if needed <= self.max_bytes:
+            return
+        fits = [f"{label} keeps {describe_bytes(size)}" for label, size in self._alternatives(plan, capture)
+                if size <= self.max_bytes]
+        hint = ("These fit: " + "; ".join(fits)) if fits else \
+            "No mode fits: record fewer layers (attention_options={'layers': [...]})"
+        raise AttentionCaptureTooLargeError(
+            f"this attention capture would keep {describe_bytes(needed)} (mode={self.mode!r}, keep={self.keep!r}"
+            f"{', per_head=True' if self.per_head else ''}: {capture.steps} steps, {rows} image(s), "
+            f"{capture.tokens} text positions, {grid[0]}x{grid[1]} grid, {len(self.layers)} layers), more than "
+            f"max_bytes={self.max_bytes} ({describe_bytes(self.max_bytes)}). {hint}; or raise "
+            f"attention_options={{'max_bytes': ...}}")
+
+    def _alternatives(self, plan, capture: Capture):
+        options = {"attention='aggregate'": dict(mode="aggregate", per_head=False),
+                   "attention='aggregate' with keep='summed'": dict(mode="aggregate", keep="summed", per_head=False),
+                   "attention='per_layer' without per_head": dict(mode="per_layer", per_head=False),
+                   "attention='per_layer' with keep='summed'": dict(mode="per_layer", keep="summed")}
+        for label, changes in options.items():
+            yield label, kept_bytes(plan, Capture(**{**capture.__dict__, **changes}), layers=self.layers)
+
+    def _planned_steps(self) -> int:
+        try:
+            return int(self.pipe.num_timesteps)
+        except (AttributeError, TypeError):
+            return len(getattr(self.pipe.scheduler, "timesteps", None) or [0])
 
     # --- the result ------------------------------------------------------------------------------
 
     def result(self, token_tables) -> AttentionMaps | None:
-        """AttentionMaps of what was recorded (None, with a warning, if nothing was); token_tables: one per prompt."""
+        """AttentionMaps of what was recorded (None if the denoiser never ran); token_tables: one per prompt,
+        covering the denoiser's text sequence (rows may carry an ``encoder``: "clip" or "t5")."""
         self._collector.end_step()
         collected = self._collector
         if not collected.layer_sizes:
-            warnings.warn("no cross-attention was recorded: the UNet was never called inside the recorder, "
-                          "or its processors were replaced before it was", AttentionProcessorsReplacedWarning,
-                          stacklevel=2)
             return None
-        image_size = tuple(s * getattr(self.pipe, "vae_scale_factor", 8) for s in collected.latent_size)
+        grid = collected.latent_size
+        scale = getattr(self.pipe, "vae_scale_factor", 8) * self._pixels_per_token
         return AttentionMaps(
             mode=self.mode, keep=self.keep, per_head=self.per_head,
             layer_names=[name for name in self.layers if name in collected.layer_sizes],
             layer_sizes=collected.layer_sizes, layer_heads=collected.layer_heads,
-            latent_size=collected.latent_size, image_size=image_size,
+            latent_size=grid, image_size=(grid[0] * scale, grid[1] * scale),
             timesteps=list(collected.timesteps),
             maps=collected.result("text"), negative_maps=collected.result("negative"),
             tokens=list(token_tables or []), negative_tokens=self._negative_tables(),
+            text_to_text=collected.relation("text_to_text"), image_to_image=collected.relation("image_to_image"),
+            patches=self.patches,
         )
 
     def _negative_tables(self):
         """Token tables of the negative prompts: the text encoder's last call before the first step."""
-        if not self.keep_negative or len(self._text_encoder_ids) < 2:
-            return None
+        if not self.keep_negative or len(self._text_encoder_ids) < 2 or self._text_length != MAX_TOKENS:
+            return None  # (a text sequence that is not one 77-token CLIP table: by position only)
         tokenizer = self.pipe.tokenizer
         tables = []
         for ids in self._text_encoder_ids[-1].tolist():
@@ -179,6 +299,18 @@ class AttentionRecorder:
                 return None
             tables.append(table)
         return tables
+
+
+class _LayerHook:
+    """The forward pre-hook of one attention module: hands its inputs to the recorder, changes nothing."""
+
+    def __init__(self, recorder: AttentionRecorder, layer):
+        self.recorder, self.layer = recorder, layer
+        self.signature = inspect.signature(layer.module.forward)
+
+    def __call__(self, module, args, kwargs):
+        self.recorder._record(self.layer, args, kwargs, self.signature)
+        return None
 
 
 class _Series:
@@ -210,7 +342,8 @@ class _Collector:
     """Per-step accumulation: averages on the device as it goes, moves each finished step to the CPU.
 
     series("text"|"negative"): aggregate → one _Series of [B, T, h, w]; per_layer → a _Series per
-    layer of [B, n, T] (per_head: [B, heads, n, T]).
+    layer of [B, n, T] (per_head: [B, heads, n, T]); relations ("text_to_text" [B, T, T],
+    "image_to_image" [B, P, h, w]) → one _Series each, layers averaged.
     """
 
     def __init__(self, mode: str, keep: str, per_head: bool):
@@ -220,64 +353,75 @@ class _Collector:
         self.layer_sizes: dict[str, tuple[int, int]] = {}
         self.layer_heads: dict[str, int] = {}
         self._series: dict[str, dict[str, _Series]] = {}
-        self._guided = self._split = self._open = False
+        self._guided = self._split = self.is_open = False
         self._sums: dict[tuple[int, int], torch.Tensor] = {}  # aggregate: this step's sum per grid [b, n, T]
         self._count = 0
         self._layers: dict[str, torch.Tensor] = {}  # per_layer: this step's maps
+        self._relations: dict[str, list] = {}  # this step's [sum, count] per relation
 
     def start_step(self, timestep: float, latent_size: tuple[int, int], guided: bool) -> None:
         self.end_step()
         if self.latent_size not in (None, latent_size):
-            raise RuntimeError(f"the latent size changed from {self.latent_size} to {latent_size} between UNet calls; "
-                               "trace one image size per run")
-        self.latent_size, self._guided, self._open = latent_size, guided, True
+            raise RuntimeError(f"the latent size changed from {self.latent_size} to {latent_size} between denoiser "
+                               "calls; trace one image size per run")
+        self.latent_size, self._guided, self.is_open = latent_size, guided, True
         self.timesteps.append(timestep)
 
-    def rows(self, batch: int, keep_negative: bool) -> slice | None:
-        if not self._open:
-            return None
+    def rows(self, batch: int, keep_negative: bool) -> slice:
         self._split = self._guided and keep_negative and batch % 2 == 0
         return slice(batch // 2, None) if self._guided and not keep_negative and batch % 2 == 0 else slice(None)
 
     def add(self, name: str, probs: torch.Tensor, heads: int) -> None:
+        """One layer's image→text probabilities [b, heads, n, T]."""
         size = layer_grid(probs.shape[2], self.latent_size)
         self.layer_sizes.setdefault(name, size)
         self.layer_heads.setdefault(name, heads)
         if self.mode == "per_layer":
-            self._layers[name] = probs if self.per_head else probs.mean(1, dtype=torch.float32)
+            kept = probs if self.per_head else probs.mean(1, dtype=torch.float32)
+            self._layers[name] = kept if self.summed else kept.to(torch.float16)  # as kept on the CPU
             return
         heads_mean = probs.mean(1, dtype=torch.float32)  # [b, n, T]
         self._sums[size] = heads_mean if size not in self._sums else self._sums[size].add_(heads_mean)
         self._count += 1
 
+    def add_relation(self, key: str, maps: torch.Tensor) -> None:
+        """One layer's maps of a relation, already on the common shape ([b, T, T] or [b, P, h, w])."""
+        if key not in self._relations:
+            self._relations[key] = [maps.float().clone(), 1]
+        else:
+            self._relations[key][0].add_(maps)
+            self._relations[key][1] += 1
+
     def _step_mean(self) -> torch.Tensor | None:
-        """aggregate: this step's mean over layers [b, T, h, w] at the latent size. Layers of one grid are
-        summed first and upsampled once (bilinear upsampling is linear, so this is the mean of the upsampled maps)."""
+        """aggregate: this step's mean over layers [b, T, h, w] on the grid. Layers of one grid are summed
+        first and upsampled once (bilinear upsampling is linear, so this is the mean of the upsampled maps)."""
         total = None
         for size, summed in self._sums.items():
-            grid = summed.transpose(1, 2).reshape(summed.shape[0], summed.shape[2], *size)
-            if size != self.latent_size:
-                grid = F.interpolate(grid, size=self.latent_size, mode="bilinear", align_corners=False)
+            grid = upsample_layer_maps(summed.transpose(1, 2).unflatten(-1, size), self.latent_size)
             total = grid if total is None else total.add_(grid)
         return None if total is None else total / self._count
 
     def end_step(self) -> None:
         """Close the current step: move its maps to the CPU (or into the running mean)."""
-        if not self._open:
+        if not self.is_open:
             return
-        self._open, step = False, len(self.timesteps) - 1
+        self.is_open, step = False, len(self.timesteps) - 1
         if self.mode == "aggregate":
             self._append("all", step, self._step_mean())
         else:
             for name in self.layer_sizes:
                 self._append(name, step, self._layers.get(name))
-        self._sums, self._count, self._layers = {}, 0, {}
+        for key, (total, count) in self._relations.items():  # the text half only
+            mean = total / count
+            self._series.setdefault("text", {}).setdefault(key, _Series(self.summed)).append(
+                step, mean.chunk(2)[1] if self._split else mean)
+        self._sums, self._count, self._layers, self._relations = {}, 0, {}, {}
 
     def _append(self, key: str, step: int, value: torch.Tensor | None) -> None:
         halves = dict(zip(("negative", "text"), value.chunk(2))) if value is not None and self._split \
             else {"text": value}
         for half in ("text", "negative"):
-            if half in halves or half in self._series:
+            if half in halves or (half in self._series and key in self._series[half]):
                 series = self._series.setdefault(half, {}).setdefault(key, _Series(self.summed))
                 series.append(step, halves.get(half))
 
@@ -285,8 +429,39 @@ class _Collector:
         """aggregate: list over steps of [B, T, h, w]; per_layer: {layer: list over steps}; None if never kept."""
         if half not in self._series:
             return None
-        values = {key: series.values(len(self.timesteps)) for key, series in self._series[half].items()}
+        values = {key: series.values(len(self.timesteps)) for key, series in self._series[half].items()
+                  if key not in ("text_to_text", "image_to_image")}
         return values.get("all") if self.mode == "aggregate" else values
+
+    def relation(self, key: str):
+        """The text half's list over steps of a relation's maps, None if it was not recorded."""
+        series = self._series.get("text", {}).get(key)
+        return None if series is None else series.values(len(self.timesteps))
+
+
+def _denoiser(pipe):
+    for name in ("unet", "transformer"):
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    raise ValueError(f"{type(pipe).__name__} has neither a unet nor a transformer: there is no denoiser whose "
+                     "attention could be recorded")
+
+
+def _token_grid(denoiser, sample: torch.Tensor, inputs: dict) -> tuple[tuple[int, int], int]:
+    """(h, w) of the denoiser's image tokens and the latent pixels per token: a UNet's latent, a transformer's
+    patches of it (SD3), or the rows and columns of Flux's packed image ids."""
+    if sample.ndim == 4:
+        patch = int(getattr(denoiser.config, "patch_size", None) or 1)
+        return (sample.shape[-2] // patch, sample.shape[-1] // patch), patch
+    ids = inputs.get("img_ids")
+    if ids is not None:
+        ids = ids[0] if ids.ndim == 3 else ids
+        grid = (int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
+        if grid[0] * grid[1] == sample.shape[1]:
+            return grid, 2
+    raise ValueError(f"cannot tell the image-token grid of {type(denoiser).__name__}'s input {tuple(sample.shape)}: "
+                     "expected a [B, C, h, w] latent or packed tokens with img_ids of their rows and columns")
 
 
 def _timestep(timestep) -> float:
@@ -300,14 +475,33 @@ def _check_choice(option: str, value, choices) -> None:
         raise ValueError(f"{option} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
-def _select_layers(available: dict, wanted) -> dict:
+def _check_patches(patches) -> list[tuple[int, int]]:
+    if patches is None:
+        return []
+    items = [patches] if isinstance(patches, tuple) and len(patches) == 2 and isinstance(patches[0], int) \
+        else list(patches)
+    for item in items:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(v, int) and v >= 0
+                                                                          for v in item)):
+            raise ValueError(f"self_attention_patches must be (y, x) grid positions such as [(3, 4)], got {item!r}")
+    return [tuple(item) for item in items]
+
+
+def _check_patches_inside(patches, grid) -> None:
+    outside = [patch for patch in patches if not (patch[0] < grid[0] and patch[1] < grid[1])]
+    if outside:
+        raise ValueError(f"self_attention_patches {outside} lie outside the {grid[0]}x{grid[1]} grid of image tokens "
+                         f"(y in 0..{grid[0] - 1}, x in 0..{grid[1] - 1})")
+
+
+def _select_layers(available: dict, wanted, denoiser: str) -> dict:
     if not available:
-        raise ValueError("this UNet has no cross-attention (attn2) layers: "
+        raise ValueError(f"this {denoiser} has no cross- or joint-attention layers: "
                          "there is no attention over the prompt to record")
     if wanted is None:
         return available
     wanted = [wanted] if isinstance(wanted, str) else list(wanted)
     unknown = [name for name in wanted if name not in available]
     if unknown or not wanted:
-        raise ValueError(f"unknown cross-attention layer(s) {unknown}; this UNet has: {', '.join(available)}")
+        raise ValueError(f"unknown attention layer(s) {unknown}; this {denoiser} has: {', '.join(available)}")
     return {name: layer for name, layer in available.items() if name in wanted}

@@ -1,11 +1,15 @@
-"""Cross-attention maps of a traced run, read per token, word, step range, layer and head.
+"""Attention maps of a traced run, read per token, word, step range, layer and head.
 
-Every map is a probability over the 77 prompt positions: the start token, the words' sub-word
-tokens, the end token and the padding end tokens after it. The start and end/padding tokens
-usually take most of the attention; ``token_share`` shows how much, instead of hiding them.
+Every image→text map is a probability over the text sequence the denoiser attends to (SD1/2/SDXL:
+77 CLIP positions; SD3: 77 CLIP then 256 T5 positions; Flux: 512 T5 positions): start tokens, the
+words' sub-word tokens, end tokens and padding. The start and end/padding tokens usually take most
+of the attention; ``token_share`` shows how much, instead of hiding them. Joint-attention models
+also give text→text maps (``text_attention``), and any model image→image maps of query patches
+recorded on request (``self_attention_map``).
 
-Shapes: B images (prompts x images per prompt), T = 77 tokens, latent h x w, a layer's own
-grid hl x wl (SD1.5 at 512²: 64, 32, 16, 8), S steps.
+Shapes: B images (prompts x images per prompt), T text positions, h x w the grid of image tokens
+(the latent for UNets, the latent's 2x2 patches for SD3 and Flux), a layer's own grid hl x wl
+(SD1.5 at 512²: 64, 32, 16, 8), S steps, P recorded patches.
 """
 
 from __future__ import annotations
@@ -17,11 +21,11 @@ import torch.nn.functional as F
 
 from ..prompts import Token, word_positions
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class AttentionMaps:
-    """The cross-attention maps kept by ``sdexplore.trace(..., attention=...)``.
+    """The attention maps kept by ``sdexplore.trace(..., attention=...)`` (or ``AttentionRecorder.result``).
 
     maps: mode "aggregate" → list over kept steps of [B, T, h, w] (layers and heads averaged);
     mode "per_layer" → {layer: list over kept steps of [B, n, T]} (n = hl·wl; per_head:
@@ -30,7 +34,8 @@ class AttentionMaps:
 
     def __init__(self, *, mode: str, keep: str, per_head: bool, layer_names: list[str],
                  layer_sizes: dict, layer_heads: dict, latent_size, image_size, timesteps: list[float],
-                 maps, negative_maps=None, tokens=(), negative_tokens=None):
+                 maps, negative_maps=None, tokens=(), negative_tokens=None, text_to_text=None,
+                 image_to_image=None, patches=()):
         self.mode, self.keep, self.per_head = mode, keep, bool(per_head)
         self.layer_names = list(layer_names)
         self.layer_sizes = {name: tuple(layer_sizes[name]) for name in self.layer_names}
@@ -40,12 +45,14 @@ class AttentionMaps:
         self.tokens = [list(table) for table in tokens]
         self.negative_tokens = None if negative_tokens is None else [list(t) for t in negative_tokens]
         self._data = {"text": maps, "negative": negative_maps}
+        self._relations = {"text_to_text": text_to_text, "image_to_image": image_to_image}
+        self.patches = [tuple(p) for p in patches]
 
     # --- what is there --------------------------------------------------------------------
 
     @property
     def num_steps(self) -> int:
-        """S, the denoising steps recorded (UNet calls)."""
+        """S, the denoising steps recorded (denoiser calls)."""
         return len(self.timesteps)
 
     @property
@@ -65,7 +72,8 @@ class AttentionMaps:
     @property
     def nbytes(self) -> int:
         """Bytes held by the kept maps."""
-        return sum(t.nbytes for half in self._data for t in self._entries(half) if t is not None)
+        maps = sum(t.nbytes for half in self._data for t in self._entries(half) if t is not None)
+        return maps + sum(t.nbytes for steps in self._relations.values() if steps for t in steps if t is not None)
 
     def layers_at(self, size) -> list[str]:
         """Names of the layers whose grid is ``size`` (an int for square grids, or (hl, wl))."""
@@ -106,16 +114,48 @@ class AttentionMaps:
         return self.normalize(result) if normalize else result
 
     def word_map(self, word: str, steps=None, layers=None, *, negative: bool = False,
-                 normalize: bool = False) -> torch.Tensor:
-        """[B, h, w]: a word's map, the sum of its sub-word tokens' maps (all its occurrences)."""
+                 normalize: bool = False, encoder: str | None = None) -> torch.Tensor:
+        """[B, h, w]: a word's map, the sum of its sub-word tokens' maps (all its occurrences; with
+        ``encoder`` ("clip" or "t5"), only those in that encoder's positions of the text sequence)."""
         maps = self.token_maps(steps, layers, negative=negative)
-        result = torch.stack([maps[b, self.word_positions(word, b, negative=negative)].sum(0)
+        result = torch.stack([maps[b, self.word_positions(word, b, negative=negative, encoder=encoder)].sum(0)
                               for b in range(maps.shape[0])])
         return self.normalize(result) if normalize else result
 
     def token_share(self, steps=None, layers=None, *, negative: bool = False) -> torch.Tensor:
         """[B, T]: the share of all attention each token takes (the start and padding tokens take most)."""
         return self.token_maps(steps, layers, negative=negative).mean(dim=(-2, -1))
+
+    # --- text→text and image→image -------------------------------------------------------------
+
+    def text_attention(self, steps=None) -> torch.Tensor:
+        """[B, T, T]: text→text maps of the joint layers (row: a text query; it sums to 1 over the text keys),
+        layers averaged, the chosen steps averaged. Recorded with text_to_text=True."""
+        data = self._relation("text_to_text", "attention_options={'text_to_text': True} (SD3, Flux)")
+        mean = _mean_of([data[i] for i in self._step_indices(steps)])
+        return mean / mean.sum(-1, keepdim=True)
+
+    def self_attention_map(self, patch, steps=None) -> torch.Tensor:
+        """[B, h, w]: where the image token at ``patch`` = (y, x) on the grid looks (its self-attention over the
+        image, layers averaged; sums to 1). Recorded with self_attention_patches=[(y, x), ...]."""
+        data = self._relation("image_to_image", "attention_options={'self_attention_patches': [(y, x)]}")
+        patch = tuple(patch)
+        if patch not in self.patches:
+            raise ValueError(f"patch {patch} was not recorded; this trace recorded self-attention of the patches "
+                             f"{self.patches}")
+        mean = _mean_of([data[i] for i in self._step_indices(steps)])[:, self.patches.index(patch)]
+        return mean / mean.sum(dim=(-2, -1), keepdim=True)
+
+    @property
+    def relations(self) -> list[str]:
+        """The relations recorded: "image_to_text" and, where asked, "text_to_text", "image_to_image"."""
+        return ["image_to_text"] + [key for key, data in self._relations.items() if data is not None]
+
+    def _relation(self, key: str, how: str):
+        data = self._relations[key]
+        if data is None:
+            raise ValueError(f"{key.replace('_to_', '→')} maps were not recorded; trace with {how}")
+        return data
 
     # --- one layer at its own resolution ------------------------------------------------------
 
@@ -151,10 +191,19 @@ class AttentionMaps:
         table = self.token_table(prompt_index, negative=negative)[: self.num_tokens]
         return [f"{t.position} {names.get(t.kind, t.text.removesuffix('</w>'))}" for t in table]
 
-    def word_positions(self, word: str, prompt_index: int = 0, *, negative: bool = False) -> list[int]:
-        """Positions of ``word``'s sub-word tokens; ValueError listing the prompt's words if absent."""
+    def word_positions(self, word: str, prompt_index: int = 0, *, negative: bool = False,
+                       encoder: str | None = None) -> list[int]:
+        """Positions of ``word``'s sub-word tokens (of one ``encoder``'s rows if given); ValueError listing the
+        prompt's words if absent, or the encoders there are."""
+        table = self.token_table(prompt_index, negative=negative)
+        if encoder is not None:
+            encoders = sorted({getattr(t, "encoder", None) or "clip" for t in table})
+            table = [t for t in table if (getattr(t, "encoder", None) or "clip") == encoder]
+            if not table:
+                raise ValueError(f"encoder must be one of {', '.join(map(repr, encoders))} (the encoders whose "
+                                 f"tokens the denoiser attends to), got {encoder!r}")
         try:
-            return word_positions(self.token_table(prompt_index, negative=negative), word)
+            return word_positions(table, word)
         except ValueError as error:
             if self.batch_size == 1:
                 raise
@@ -188,6 +237,7 @@ class AttentionMaps:
                 tensors[f"{prefix}maps"] = _stack(data)
             else:
                 tensors.update({f"{prefix}layers.{name}": _stack(steps) for name, steps in data.items()})
+        tensors.update({key: _stack(data) for key, data in self._relations.items() if data is not None})
         return tensors
 
     def to_metadata(self) -> dict:
@@ -198,6 +248,7 @@ class AttentionMaps:
             "layer_names": self.layer_names, "layer_sizes": {n: list(s) for n, s in self.layer_sizes.items()},
             "layer_heads": self.layer_heads, "latent_size": list(self.latent_size),
             "image_size": list(self.image_size), "timesteps": self.timesteps, "negative_tokens": tables,
+            "patches": [list(p) for p in self.patches],
         }
 
     @classmethod
@@ -219,6 +270,9 @@ class AttentionMaps:
             image_size=metadata["image_size"], timesteps=metadata["timesteps"],
             maps=data["text"], negative_maps=data["negative"], tokens=tokens,
             negative_tokens=None if negative_tokens is None else [[Token(**r) for r in t] for t in negative_tokens],
+            text_to_text=_unstack(tensors["text_to_text"]) if "text_to_text" in tensors else None,
+            image_to_image=_unstack(tensors["image_to_image"]) if "image_to_image" in tensors else None,
+            patches=metadata.get("patches", []),
         )
 
     def __repr__(self) -> str:
@@ -281,9 +335,9 @@ class AttentionMaps:
 
     def _upsampled(self, name: str, indices: list[int], negative: bool) -> torch.Tensor:
         """[B, T, h, w]: one layer's head-averaged map, mean over steps, at the latent size."""
-        grid = self._layer_grid(name, indices, negative)
-        return grid if grid.shape[-2:] == self.latent_size else \
-            F.interpolate(grid, size=self.latent_size, mode="bilinear", align_corners=False)
+        from .attention import upsample_layer_maps  # the one layer→grid resize (attention.py imports this module)
+
+        return upsample_layer_maps(self._layer_grid(name, indices, negative), self.latent_size)
 
     def _layer_grid(self, name: str, indices: list[int], negative: bool) -> torch.Tensor:
         """[B, T, hl, wl]: one layer's head-averaged map, mean over the chosen steps."""
@@ -304,8 +358,8 @@ class AttentionMaps:
 
     def _position(self, position: int, count: int) -> int:
         if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position < count:
-            raise IndexError(f"token position {position!r} does not exist: the text encoder sees {count} tokens, "
-                             f"positions 0..{count - 1} (0 = start token, then the words, the end token, padding)")
+            raise IndexError(f"token position {position!r} does not exist: the denoiser attends to {count} text "
+                             f"positions, 0..{count - 1} (its token table says which token each one is)")
         return position
 
 

@@ -118,10 +118,18 @@ def check_prompt(prompt, name: str = "prompt", *, optional: bool = False) -> lis
 
 
 def check_pipeline(pipe, name: str = "pipe") -> None:
-    """A diffusers pipeline with a UNet and a scheduler (what load_pipeline returns)."""
-    if not callable(pipe) or not all(hasattr(pipe, part) for part in ("unet", "scheduler", "vae")):
-        raise TypeError(f"{name} must be a diffusers Stable Diffusion pipeline (e.g. sdexplore.load_pipeline('toy')) "
-                        f"with unet, vae and scheduler, got {describe(pipe)}")
+    """A diffusers pipeline of a family sdexplore traces (SD 1.x/2.x, SDXL, SD3, Flux): denoiser, VAE, scheduler."""
+    from .families import family_of
+
+    has_denoiser = getattr(pipe, "unet", None) is not None or getattr(pipe, "transformer", None) is not None
+    if not callable(pipe) or not has_denoiser or not all(hasattr(pipe, part) for part in ("scheduler", "vae")):
+        raise TypeError(f"{name} must be a diffusers Stable Diffusion, SDXL, SD3 or Flux pipeline (e.g. "
+                        "sdexplore.load_pipeline('toy')) with a unet or transformer, a vae and a scheduler, "
+                        f"got {describe(pipe)}")
+    try:
+        family_of(pipe)
+    except TypeError as error:
+        raise TypeError(f"{name}: {error}") from None
 
 
 def check_path(path, name: str = "path") -> Path:
@@ -449,15 +457,15 @@ def _check_prompt_side(pipe, prompt, kwargs: dict) -> int:
     """Prompt, negative prompt and their embeddings; returns the number of prompts."""
     embeds = kwargs.get("prompt_embeds")
     prompts = check_prompt(prompt, optional=embeds is not None)
-    dim = pipe.unet.config.cross_attention_dim
+    dim = _text_width(pipe)
     if embeds is not None:
         if prompts:
             raise ValueError("give prompt or prompt_embeds, not both (prompt_embeds replaces the text encoder's "
                              "output for prompt); pass prompt=None with prompt_embeds")
         check_tensor("prompt_embeds", embeds, ndim=3)
         if embeds.shape[-1] != dim:
-            raise ValueError(f"prompt_embeds must be [B, tokens, {dim}] for this UNet (cross_attention_dim {dim}), "
-                             f"got {list(embeds.shape)}")
+            raise ValueError(f"prompt_embeds must be [B, tokens, {dim}] for this {type(_denoiser(pipe)).__name__} "
+                             f"(text width {dim}), got {list(embeds.shape)}")
     batch = embeds.shape[0] if embeds is not None else len(prompts)
     negative = kwargs.get("negative_prompt")
     if negative is not None:
@@ -474,6 +482,18 @@ def _check_prompt_side(pipe, prompt, kwargs: dict) -> int:
         if negative_embeds.shape[-1] != dim:
             raise ValueError(f"negative_prompt_embeds must be [B, tokens, {dim}], got {list(negative_embeds.shape)}")
     return batch
+
+
+def _denoiser(pipe):
+    from .families import denoiser_of
+
+    return denoiser_of(pipe)
+
+
+def _text_width(pipe) -> int:
+    """Features per text token the denoiser takes (UNet: cross_attention_dim, transformer: joint_attention_dim)."""
+    config = _denoiser(pipe).config
+    return int(config.get("cross_attention_dim") or config.get("joint_attention_dim"))
 
 
 def _check_steps(pipe, kwargs: dict) -> int:
@@ -529,6 +549,11 @@ def _check_pictures(pipe, kwargs: dict, accepted: dict, batch: int, images_per_p
             raise ValueError(f"height/width {asked[1]}x{asked[0]} differ from image's size {pictures.size[1]}x"
                              f"{pictures.size[0]}: diffusers would resize the picture and the mask, and the trace "
                              "would keep a picture that was not the one used; resize them yourself first")
+        from .families import family_of
+
+        if not family_of(pipe).size_from_image and "height" in accepted:
+            kwargs["width"] = kwargs.get("width") or pictures.size[0]  # not 1024x1024 from a resized picture
+            kwargs["height"] = kwargs.get("height") or pictures.size[1]
     return inputs
 
 
@@ -585,15 +610,23 @@ def _check_other_keywords(pipe, kwargs: dict, images: int) -> None:
 
 
 def _check_latents(pipe, kwargs: dict, images: int, size: dict) -> None:
-    """latents= must be x_T for this call: [B * num_images_per_prompt, C, height / 8, width / 8], finite."""
-    latents = check_tensor("latents", kwargs["latents"], ndim=4)
+    """latents= must be x_T for this call: [B * num_images_per_prompt, C, height / 8, width / 8], finite
+    (Flux: packed, [B * num_images_per_prompt, (height / 16) * (width / 16), 4C])."""
+    from .families import family_of
+
     channels = int(pipe.vae.config.latent_channels)
+    if family_of(pipe).packed:
+        latents = check_tensor("latents", kwargs["latents"], ndim=3)
+        if latents.shape[-1] != 4 * channels:
+            raise ValueError(f"latents must be Flux's packed [B, tokens, {4 * channels}], got {list(latents.shape)}")
+        return
+    latents = check_tensor("latents", kwargs["latents"], ndim=4)
     if "image" in kwargs:  # inpainting: the size follows the image unless height/width say otherwise
         if latents.shape[1] != channels:
             raise ValueError(f"latents must have {channels} channels, got shape {list(latents.shape)}")
         return
     factor = getattr(pipe, "vae_scale_factor", 8)
-    default = int(pipe.unet.config.sample_size) * factor
+    default = int(getattr(pipe, "default_sample_size", None) or _denoiser(pipe).config.sample_size) * factor
     expected = (images, channels, size.get("height", default) // factor, size.get("width", default) // factor)
     check_tensor("latents", latents, shape=expected)
 
@@ -601,7 +634,17 @@ def _check_latents(pipe, kwargs: dict, images: int, size: dict) -> None:
 def _unused(pipe, kwargs: dict, guidance: float) -> dict[str, str]:
     """Keywords given that this call would ignore, with the reason."""
     unused = {}
-    guided = guidance > 1.0 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
+    if "true_cfg_scale" in pipeline_parameters(pipe):  # Flux: guidance_scale is distilled guidance, not CFG
+        true_cfg = kwargs.get("true_cfg_scale", default_of(pipe, "true_cfg_scale", 1.0))
+        if true_cfg is None or true_cfg <= 1.0:
+            for name in ("negative_prompt", "negative_prompt_2", "negative_prompt_embeds",
+                         "negative_pooled_prompt_embeds"):
+                if name in kwargs:
+                    unused[name] = (f"{type(pipe).__name__} runs classifier-free guidance only with true_cfg_scale "
+                                    f"> 1 (got {true_cfg}); its guidance_scale is the distilled guidance it is given")
+    guided = guidance > 1.0 and getattr(_denoiser(pipe).config, "time_cond_proj_dim", None) is None
+    if "true_cfg_scale" in pipeline_parameters(pipe):
+        guided = True  # negative prompts judged above
     if not guided:
         for name in ("negative_prompt", "negative_prompt_embeds", "guidance_rescale"):
             if name in kwargs:

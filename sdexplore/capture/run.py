@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 
 from ..models import as_img2img, as_inpaint
-from ..prompts import token_table
+from .families import denoiser_of, family_of, latent_channels, prediction_kind, sequence_tokens, token_tables
 from .inputs import check_call, check_choice, check_pipeline, check_prompt, check_seed, describe
 from .locks import pipeline_lock
-from .steps import StepRecorder
+from .steps import StepRecorder, timestep_value
 from .trace import Trace
 
 ATTENTION_MODES = (False, True, "aggregate", "per_layer")
@@ -62,28 +62,40 @@ class Tracing:
         if params is not None and not isinstance(params, dict):
             raise TypeError(f"params must be a dict of the call's keywords, got {describe(params)}")
         inputs = _check_inputs(inputs)
+        _check_step_counts(self.attention, records)
         _warn_non_finite(records)
-        tokenizer = self.pipe.tokenizer
-        tables = [token_table(tokenizer, p) for p in prompts]
-        uncond, text = _split_embeddings(self.steps.prompt_embeds, records[0])
+        call_kwargs = params or {}
+        by_encoder = [token_tables(self.pipe, p, **call_kwargs) for p in prompts]
+        tables = [sequence_tokens(self.pipe, p, tables=t, **call_kwargs) for p, t in zip(prompts, by_encoder)]
+        steps = self.steps
+        uncond, text = steps.conditioning("text")
+        pooled_uncond, pooled = steps.conditioning("pooled")
+        time_ids_uncond, time_ids = steps.conditioning("time_ids")
         images = _output_images(output)
         run_params = {"prompt": prompt, "seed": seed, **describe_pipeline(self.pipe), **(params or {})}
         attention = self.attention.result(tables) if self.attention is not None else None
         return Trace(
-            timesteps=torch.tensor([r.timestep for r in records], dtype=torch.float32),
-            latents=torch.stack([records[0].latents_in] + [r.latents_out for r in records]),
-            x0=torch.stack([r.x0 for r in records]),
-            noise_pred=torch.stack([r.noise_pred for r in records]),
-            noise_pred_text=torch.stack([r.noise_pred_text for r in records]),
-            noise_pred_uncond=_stack_optional([r.noise_pred_uncond for r in records]),
-            scheduler_x0=_stack_optional([r.scheduler_x0 for r in records]),
-            prompt_embeds=text,
-            negative_prompt_embeds=uncond,
+            timesteps=torch.tensor([timestep_value(r) for r in records], dtype=torch.float32),
+            latents=_to_cpu(torch.stack([records[0].latents_in] + [r.latents_out for r in records])),
+            x0=_to_cpu(torch.stack([r.x0 for r in records])),
+            noise_pred=_to_cpu(torch.stack([r.noise_pred for r in records])),
+            noise_pred_text=_to_cpu(torch.stack([r.noise_pred_text for r in records])),
+            noise_pred_uncond=_to_cpu(_stack_optional([r.noise_pred_uncond for r in records])),
+            scheduler_x0=_to_cpu(_stack_optional([r.scheduler_x0 for r in records])),
+            prompt_embeds=_to_cpu(text),
+            negative_prompt_embeds=_to_cpu(uncond),
             images=images,
             tokens=tables,
             params=_json_safe(run_params),
             inputs=inputs,
             attention=attention,
+            token_tables={name: [t[name] for t in by_encoder] for name in (by_encoder[0] if by_encoder else {})},
+            pooled_prompt_embeds=_to_cpu(pooled),
+            negative_pooled_prompt_embeds=_to_cpu(pooled_uncond),
+            time_ids=_to_cpu(time_ids),
+            negative_time_ids=_to_cpu(time_ids_uncond),
+            sigmas=None if any(r.sigma is None for r in records) else
+            torch.tensor([r.sigma for r in records], dtype=torch.float32),
         )
 
 
@@ -107,6 +119,8 @@ def tracing(pipe, *, attention=False, **attention_options):
 def trace(pipe, prompt: str | list[str], *, seed: int, attention=False, attention_options: dict | None = None,
           **pipeline_kwargs) -> Trace:
     """Run ``pipe`` once on ``prompt`` with a fixed ``seed`` and return what every step did.
+
+    pipe: a Stable Diffusion 1.x/2.x, SDXL, SD3/3.5 or Flux.1 pipeline (sdexplore.capture.families).
 
     pipeline_kwargs are diffusers' own: num_inference_steps, guidance_scale, negative_prompt,
     image + strength (img2img), image + mask_image (inpainting), height, width, ...
@@ -144,20 +158,33 @@ def trace(pipe, prompt: str | list[str], *, seed: int, attention=False, attentio
 
 
 def describe_pipeline(pipe) -> dict:
-    """JSON-safe facts about the pipeline that shape a trace."""
-    scheduler = pipe.scheduler
-    return {
+    """JSON-safe facts about the pipeline that shape a trace (and that previews need: channels, VAE factors)."""
+    scheduler, denoiser, family = pipe.scheduler, denoiser_of(pipe), family_of(pipe)
+    facts = {
         "model": str(getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "")),
         "pipeline": type(pipe).__name__,
+        "family": family.name,
+        "denoiser": type(denoiser).__name__,
         "scheduler": type(scheduler).__name__,
         "scheduler_config": _json_safe(dict(scheduler.config)),
-        "prediction_type": scheduler.config.get("prediction_type", "epsilon"),
-        "unet_in_channels": int(pipe.unet.config.in_channels),
+        "prediction_type": scheduler.config.get("prediction_type", None) or prediction_kind(pipe),
+        "prediction_kind": prediction_kind(pipe),
+        "latent_channels": latent_channels(pipe),
+        "packed_latents": family.packed,
+    }
+    if family.denoiser == "unet":
+        facts["unet_in_channels"] = int(denoiser.config.in_channels)
+    else:
+        facts["denoiser_in_channels"] = int(denoiser.config.in_channels)
+    shift = pipe.vae.config.get("shift_factor", None)
+    facts.update({
         "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
-        "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+        "vae_shift_factor": None if shift is None else float(shift),
+        "dtype": str(denoiser.dtype).removeprefix("torch."),
         "device": str(pipe.device),
         "versions": {"diffusers": diffusers.__version__, "torch": torch.__version__},
-    }
+    })
+    return facts
 
 
 # --- checks and small helpers ---------------------------------------------------------------
@@ -195,13 +222,19 @@ def _stack_optional(values: list) -> torch.Tensor | None:
     return None if any(v is None for v in values) else torch.stack(values)
 
 
-def _split_embeddings(embeds: torch.Tensor | None, first_record) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    if embeds is None:
-        return None, None
-    if first_record.noise_pred_uncond is not None and embeds.shape[0] % 2 == 0:
-        uncond, text = embeds.chunk(2)
-        return uncond, text
-    return None, embeds
+def _to_cpu(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """One move of a stacked capture to the CPU, float32 (a no-op copy on a CPU run)."""
+    return None if tensor is None else tensor.detach().to(device="cpu", dtype=torch.float32)
+
+
+def _check_step_counts(attention, records) -> None:
+    """The attention recorder's steps must be the step recorder's: refuse a silent misalignment."""
+    counted = getattr(attention, "num_steps", None)
+    if counted is not None and counted != len(records):
+        raise RuntimeError(
+            f"the attention recorder counted {counted} denoiser steps but the scheduler made {len(records)}: this "
+            "pipeline calls its denoiser more than once per step (e.g. self-attention guidance), so the maps "
+            "cannot be matched to the steps; trace it with attention=False")
 
 
 @contextlib.contextmanager
@@ -288,7 +321,7 @@ def _warn_non_finite(records) -> None:
     for i, record in enumerate(records):
         for label, tensor in (("noise prediction", record.noise_pred), ("latents after the step", record.latents_out)):
             if not torch.isfinite(tensor).all():
-                warnings.warn(f"step {i} (timestep {record.timestep:g}): the {label} contain NaN or inf values; "
+                warnings.warn(f"step {i} (timestep {timestep_value(record):g}): the {label} contain NaN or inf values; "
                               "this step and every later one are meaningless (fp16 overflow? an extreme "
                               "guidance_scale? a callback?)", NonFiniteWarning, stacklevel=3)
                 return

@@ -1,36 +1,45 @@
-"""Record every denoising step of a diffusers pipeline run.
+"""Record every denoising step of a diffusers pipeline run, on every family (sdexplore.capture.families).
 
 Three public hooks, all removed on exit (also when the run raises):
-- torch forward hooks on the UNet: the latent it was given and its raw prediction
-  (both CFG halves: unconditional/negative and text), and the prompt embeddings;
+- torch forward hooks on the denoiser (``pipe.unet`` or ``pipe.transformer``): the latent it was
+  given and its raw prediction (both CFG halves: unconditional/negative and text), the text
+  sequence, the pooled text embedding and SDXL's time ids;
 - a wrapper around *this scheduler instance's* ``step``: x_t entering the step, the guided
   prediction the scheduler used, x_{t-1}, and the scheduler's own x0 when it reports one;
 - diffusers' ``callback_on_step_end``: the latents the pipeline keeps after the step (after
   inpainting's per-step blending, which happens outside the scheduler).
 
-x0 is computed from the UNet's own input and prediction, so it is right for epsilon-, v- and
-sample-prediction and for every scheduler, including those (PNDM, DPM++) that do not report it.
+x0 is computed from the denoiser's own input and prediction, so it is right for epsilon-, v- and
+sample-prediction and for every scheduler, including those (PNDM, DPM++) that do not report it;
+where the scheduler keeps sigmas (Euler, DPM++, Karras or exponential sigmas) its own sigma of the
+step is used. Flow matching (SD3, Flux): x0 = x_t - sigma * v with the scheduler's sigma. Flux's
+packed latents are unpacked to [B, C, h, w].
 
-Only calls from the thread that entered the recorder are recorded; calls from any other thread
-pass through untouched and are counted in ``foreign_calls`` (the trace is then refused: the
+Captures stay on the pipeline's device during the run (float32); ``to_trace`` moves them to the
+CPU once. Only calls from the thread that entered the recorder are recorded; calls from any other
+thread pass through untouched and are counted in ``foreign_calls`` (the trace is then refused: the
 scheduler's state was shared between two runs).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from .families import denoiser_of, family_of, prediction_kind, read_call, unpack_latents
+
 
 @dataclass
 class StepRecord:
-    """What one denoising step saw. Tensors CPU float32, shapes [B, C, h, w]."""
+    """What one denoising step saw. Tensors float32 on the pipeline's device, shapes [B, C, h, w] (unpacked);
+    timestep as the scheduler gave it (read as a float by ``timestep_value``, after the run: no device sync)."""
 
-    timestep: float
+    timestep: float | torch.Tensor
     latents_in: torch.Tensor
     noise_pred: torch.Tensor
     noise_pred_text: torch.Tensor
@@ -38,12 +47,13 @@ class StepRecord:
     x0: torch.Tensor
     latents_out: torch.Tensor
     scheduler_x0: torch.Tensor | None = None
+    sigma: float | None = None
 
 
 @dataclass
-class _PendingUnetCall:
-    model_input: torch.Tensor  # [B*, C, h, w] the latent part of what the UNet was given
-    timestep: float
+class _PendingCall:
+    model_input: torch.Tensor  # [B*, C, h, w] (or Flux's packed [B*, L, 4C]) the latent part of the denoiser's input
+    timestep: float | torch.Tensor
     outputs: list = field(default_factory=list)
 
 
@@ -61,11 +71,15 @@ class StepRecorder:
 
     def __init__(self, pipe):
         self.pipe = pipe
-        self.unet = pipe.unet
+        self.family = family_of(pipe)
+        self.denoiser = denoiser_of(pipe)
+        self.unet = self.denoiser  # the name older code reads
+        self.prediction_kind = prediction_kind(pipe)
         self.scheduler = pipe.scheduler
         self.records: list[StepRecord] = []
-        self.prompt_embeds: torch.Tensor | None = None
-        self._pending: _PendingUnetCall | None = None
+        self.first_step_calls: list[dict] = []  # text / pooled / time_ids of each denoiser call of step 0
+        self.grid: tuple[int, int] | None = None  # (h, w) of Flux's unpacked latents
+        self._pending: _PendingCall | None = None
         self._handles: list = []
         self._owner: int | None = None
         self.foreign_calls = 0
@@ -81,9 +95,10 @@ class StepRecorder:
 
     def __enter__(self) -> "StepRecorder":
         self._owner = threading.get_ident()
+        self._signature = inspect.signature(self.denoiser.forward)
         self._handles = [
-            self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True),
-            self.unet.register_forward_hook(self._after_unet, with_kwargs=True),
+            self.denoiser.register_forward_pre_hook(self._before_denoiser, with_kwargs=True),
+            self.denoiser.register_forward_hook(self._after_denoiser, with_kwargs=True),
         ]
         self._step_was_instance_attr = "step" in vars(self.scheduler)
         self._original_step = original = self.scheduler.step
@@ -108,24 +123,27 @@ class StepRecorder:
 
     # --- the hooks ----------------------------------------------------------------------------
 
-    def _before_unet(self, module, args, kwargs):
+    def _before_denoiser(self, module, args, kwargs):
         if self._is_foreign():
             return None
-        sample = args[0] if args else kwargs["sample"]
-        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
-        hidden = args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
-        if self.prompt_embeds is None and hidden is not None:
-            self.prompt_embeds = _cpu(hidden)
-        latent_channels = module.config.out_channels
+        call = read_call(self.family, module, args, kwargs, self._signature)
+        if not self.records:
+            self.first_step_calls.append({name: None if value is None else _keep(value) for name, value in
+                                          (("text", call.text), ("pooled", call.pooled), ("time_ids", call.time_ids))})
+        if call.grid is not None:
+            self.grid = call.grid
         if self._pending is None:
-            self._pending = _PendingUnetCall(_cpu(sample[:, :latent_channels]), _as_float(timestep))
+            latents = call.latents
+            if not self.family.packed:
+                latents = latents[:, :module.config.out_channels]  # inpainting UNets also get mask and picture
+            self._pending = _PendingCall(_keep(latents), call.timestep)
         return None
 
-    def _after_unet(self, module, args, kwargs, output):
+    def _after_denoiser(self, module, args, kwargs, output):
         if threading.get_ident() != self._owner or self._pending is None:
             return None
         prediction = output[0] if isinstance(output, tuple) else output.sample
-        self._pending.outputs.append(_cpu(prediction))
+        self._pending.outputs.append(_keep(prediction))
         return None
 
     def _recording_step(self, original, model_output, timestep, sample, *args, return_dict=True, **kwargs):
@@ -140,7 +158,7 @@ class StepRecorder:
         """diffusers ``callback_on_step_end``: the latents the pipeline carries after the step."""
         latents = callback_kwargs.get("latents")
         if latents is not None and self.records and not self._is_foreign():
-            self.records[-1].latents_out = _cpu(latents)
+            self.records[-1].latents_out = self._unpacked(_keep(latents))
         return {}
 
     # --- turning one step's observations into a record ---------------------------------------
@@ -149,33 +167,94 @@ class StepRecorder:
         pending, self._pending = self._pending, None
         batch = sample.shape[0]
         if pending is None or not pending.outputs:
-            raise RuntimeError("the scheduler stepped without a UNet call before it: cannot trace this pipeline")
-        raw = torch.cat(pending.outputs)
-        uncond, text = (raw.chunk(2) if raw.shape[0] == 2 * batch else (None, raw))
-        model_input = pending.model_input[:batch]
-        guided_cpu = _cpu(guided)
+            raise RuntimeError("the scheduler stepped without a denoiser call before it: cannot trace this pipeline")
+        uncond, text = self._cfg_parts(pending.outputs, batch)
+        guided, sample = _keep(guided), _keep(sample)
+        sigma = self._sigma_of_step()
+        if self.prediction_kind == "flow":
+            if sigma is None:
+                raise RuntimeError(f"{type(self.scheduler).__name__} has no sigmas/step_index: cannot compute x0 "
+                                   "for flow matching")
+            x0 = sample - sigma * guided
+        else:
+            seen_t = _as_float(pending.timestep) if sigma is None else None  # a device sync only where needed
+            alpha_bar = 1.0 / (1.0 + sigma**2) if sigma is not None else alpha_bar_at(self.scheduler, seen_t)
+            x0 = predicted_x0(self.scheduler, pending.model_input[:batch], guided, seen_t,
+                              alpha_bar=alpha_bar, kind=self.prediction_kind)
+        unpack = self._unpacked
         return StepRecord(
-            timestep=_as_float(timestep),
-            latents_in=_cpu(sample),
-            noise_pred=guided_cpu,
-            noise_pred_text=text,
-            noise_pred_uncond=uncond,
-            x0=predicted_x0(self.scheduler, model_input, guided_cpu, pending.timestep),
-            latents_out=_cpu(prev_sample),
-            scheduler_x0=None if reported_x0 is None else _cpu(reported_x0),
+            timestep=timestep.detach() if isinstance(timestep, torch.Tensor) else timestep,
+            latents_in=unpack(sample),
+            noise_pred=unpack(guided),
+            noise_pred_text=unpack(text),
+            noise_pred_uncond=None if uncond is None else unpack(uncond),
+            x0=unpack(x0),
+            latents_out=unpack(_keep(prev_sample)),
+            scheduler_x0=None if reported_x0 is None else unpack(_keep(reported_x0)),
+            sigma=sigma,
         )
 
+    def conditioning(self, name: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(negative, prompt) halves of what step 0's denoiser calls got as ``name``: "text" [B, T, D],
+        "pooled" [B, P] or "time_ids" [B, 6]; (None, None) when the denoiser got none, None for the
+        negative half without CFG."""
+        if not self.records or not self.first_step_calls:
+            return None, None
+        batch = self.records[0].latents_in.shape[0]
+        values = [call[name] for call in self.first_step_calls]
+        if values[0] is None:
+            return None, None
+        if values[0].shape[0] == 2 * batch and self.records[0].noise_pred_uncond is not None:
+            negative, prompt = values[0].chunk(2)
+            return negative, prompt
+        if self.family.true_cfg_calls and len(values) == 2 and self.records[0].noise_pred_uncond is not None:
+            return values[1], values[0]
+        return None, values[0]
 
-def predicted_x0(scheduler, model_input: torch.Tensor, prediction: torch.Tensor, timestep: float) -> torch.Tensor:
+    def _cfg_parts(self, outputs: list, batch: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(unconditional, text) predictions of one step from the denoiser calls made during it.
+
+        One call on a [2B] batch: CFG (negative first). Flux's true CFG: two [B] calls, text first.
+        Further calls (SD3's skip-layer guidance) only shape the guided prediction, recorded as such.
+        """
+        first = outputs[0]
+        if first.shape[0] == 2 * batch:
+            uncond, text = first.chunk(2)
+            return uncond, text
+        if self.family.true_cfg_calls and len(outputs) == 2 and outputs[1].shape[0] == batch:
+            return outputs[1], first
+        return None, first if len(outputs) == 1 else torch.cat(outputs)
+
+    def _sigma_of_step(self) -> float | None:
+        """The scheduler's own sigma of the step it just made (``sigmas[step_index - 1]``), if it keeps them."""
+        sigmas, index = getattr(self.scheduler, "sigmas", None), getattr(self.scheduler, "step_index", None)
+        if not isinstance(sigmas, torch.Tensor) or not isinstance(index, int) or not 0 < index <= len(sigmas):
+            return None
+        return float(sigmas[index - 1])
+
+    def _unpacked(self, latents: torch.Tensor) -> torch.Tensor:
+        """[B, C, h, w] latents as they are; Flux's packed [B, L, 4C] unpacked to [B, C, h, w]."""
+        if not self.family.packed or latents.ndim != 3:
+            return latents
+        if self.grid is None:
+            raise RuntimeError("Flux latents were stepped before the transformer saw img_ids: cannot unpack them")
+        return unpack_latents(latents, self.grid)
+
+
+def predicted_x0(scheduler, model_input: torch.Tensor, prediction: torch.Tensor, timestep: float, *,
+                 alpha_bar: float | None = None, kind: str | None = None) -> torch.Tensor:
     """Clean-latent estimate from what the UNet saw and predicted.
 
     model_input: [B, C, h, w], the (scale_model_input-ed) latent the UNet was given, which is
     always in variance-preserving form x = sqrt(a) x0 + sqrt(1 - a) eps, a = alpha_bar(t).
-    prediction: [B, C, h, w] epsilon, v or x0, as ``scheduler.config.prediction_type`` says.
+    prediction: [B, C, h, w] epsilon, v or x0, as ``kind`` (default ``scheduler.config.prediction_type``) says.
+    alpha_bar: a of this step (default: interpolated from the training schedule at ``timestep``;
+    give 1 / (1 + sigma^2) with the scheduler's own sigma where it keeps one).
     """
-    alpha_bar = alpha_bar_at(scheduler, timestep)
+    if alpha_bar is None:
+        alpha_bar = alpha_bar_at(scheduler, timestep)
     a, s = alpha_bar**0.5, (1.0 - alpha_bar) ** 0.5
-    kind = scheduler.config.prediction_type
+    kind = kind or scheduler.config.prediction_type
     if kind == "epsilon":
         return (model_input - s * prediction) / a
     if kind == "v_prediction":
@@ -198,8 +277,14 @@ def alpha_bar_at(scheduler, timestep: float) -> float:
     return 1.0 / (1.0 + sigma**2)
 
 
-def _cpu(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().to(device="cpu", dtype=torch.float32).clone()
+def _keep(tensor: torch.Tensor) -> torch.Tensor:
+    """A float32 copy, detached, left on its device (moved to the CPU once, in Tracing.to_trace)."""
+    return tensor.detach().to(dtype=torch.float32).clone()
+
+
+def timestep_value(record: StepRecord) -> float:
+    """A record's timestep as a float."""
+    return _as_float(record.timestep)
 
 
 def _as_float(timestep) -> float:

@@ -1,9 +1,11 @@
 """Trace: what happened at every denoising step of one pipeline run, as plain data.
 
 Names follow the papers and diffusers: x_t is ``latents[i]`` (entering step i), x_{t-1} is
-``latents[i + 1]``, ``x0[i]`` the predicted clean latents, ``noise_pred*`` the UNet's raw
-prediction (epsilon or v, as ``params["prediction_type"]`` says). All tensors live on the CPU,
-detached, float32. N = steps actually run (img2img runs int(steps * strength) of them).
+``latents[i + 1]``, ``x0[i]`` the predicted clean latents, ``noise_pred*`` the denoiser's raw
+prediction (epsilon, v or the flow-matching velocity, as ``prediction_kind`` says; the name is
+diffusers'). All tensors live on the CPU, detached, float32. N = steps actually run (img2img
+runs int(steps * strength) of them). Latents are [C, h, w] per image on every family (Flux's
+packed tokens are unpacked).
 """
 
 from __future__ import annotations
@@ -29,17 +31,26 @@ class Trace:
     timesteps          [N]                  the scheduler's timestep at each step
     latents            [N+1, B, C, h, w]    x_T entering step 0 ... latents after the last step
     x0                 [N, B, C, h, w]      predicted clean latents at each step
-    noise_pred         [N, B, C, h, w]      guided prediction the scheduler used
-    noise_pred_text    [N, B, C, h, w]      UNet prediction with the prompt
-    noise_pred_uncond  [N, B, C, h, w]      with the negative/empty prompt; None without CFG
+    noise_pred         [N, B, C, h, w]      guided prediction the scheduler used (epsilon, v or velocity)
+    noise_pred_text    [N, B, C, h, w]      denoiser prediction with the prompt
+    noise_pred_uncond  [N, B, C, h, w]      with the negative/empty prompt; None without CFG (Flux)
     scheduler_x0       [N, B, C, h, w]      x0 as the scheduler reported it; None if it does not
-    prompt_embeds      [B, 77, D]           text-encoder output for the prompt
-    negative_prompt_embeds [B, 77, D]       for the negative/empty prompt; None without CFG
+    prompt_embeds      [B, T, D]            the text sequence the denoiser attends to (T = 77 for SD/SDXL,
+                                            77 + 256 for SD3, 512 for Flux by default)
+    negative_prompt_embeds [B, T, D]        for the negative/empty prompt; None without CFG
     images             list of B PIL images (the pipeline's output)
-    tokens             per prompt, the token table (see sdexplore.prompts.Token)
-    params             seed, prompt, pipeline kwargs, model, scheduler, versions (JSON-safe)
+    tokens             per prompt, the token table of that text sequence, one row per position
+                       (see sdexplore.prompts.Token and sdexplore.capture.families.sequence_tokens)
+    params             seed, prompt, pipeline kwargs, model, family, scheduler, prediction kind, latent
+                       channels, VAE scaling and shift factors, versions (JSON-safe)
     inputs             input images/masks as uint8 tensors [H, W, C]
     attention          cross-attention maps (AttentionMaps) when traced with attention
+    token_tables       encoder name ("clip", "clip_2", "t5") -> per prompt, that encoder's own table
+    pooled_prompt_embeds [B, P]             pooled text embedding (SDXL, SD3, Flux); None where there is none
+    negative_pooled_prompt_embeds [B, P]    its negative half; None without CFG
+    time_ids           [B, 6]               SDXL's added time ids (original size, crop, target size)
+    negative_time_ids  [B, 6]               their negative half
+    sigmas             [N]                  the scheduler's own sigma at each step, where it keeps sigmas
     """
 
     timesteps: torch.Tensor
@@ -56,6 +67,12 @@ class Trace:
     scheduler_x0: torch.Tensor | None = None
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     attention: object | None = None
+    token_tables: dict[str, list[list[Token]]] = field(default_factory=dict)
+    pooled_prompt_embeds: torch.Tensor | None = None
+    negative_pooled_prompt_embeds: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
+    negative_time_ids: torch.Tensor | None = None
+    sigmas: torch.Tensor | None = None
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -72,6 +89,11 @@ class Trace:
     def prompt(self) -> str | list[str]:
         return self.params["prompt"]
 
+    @property
+    def prediction_kind(self) -> str:
+        """What noise_pred* hold: "epsilon", "v_prediction", "sample" or "flow" (flow-matching velocity)."""
+        return self.params.get("prediction_kind", self.params.get("prediction_type", "epsilon"))
+
     def step_index(self, step: int) -> int:
         """``step`` as a non-negative index; negative counts from the end. IndexError if out of range."""
         if not isinstance(step, (int, np.integer)) or isinstance(step, bool):
@@ -84,9 +106,12 @@ class Trace:
         return int(step) % self.num_steps
 
     def step(self, step: int) -> dict:
-        """Everything recorded at one step: timestep, x_t, x_prev, x0 and the predictions [B, C, h, w]."""
+        """Everything recorded at one step: timestep, sigma (None where the scheduler keeps none), the
+        prediction kind, x_t, x_prev, x0 and the predictions [B, C, h, w]."""
         i = self.step_index(step)
         record = {"step": i, "timestep": float(self.timesteps[i]),
+                  "sigma": None if self.sigmas is None else float(self.sigmas[i]),
+                  "prediction_kind": self.prediction_kind,
                   "x_t": self.latents[i], "x_prev": self.latents[i + 1]}
         for name in _STEP_FIELDS:
             value = getattr(self, name)
@@ -107,14 +132,24 @@ class Trace:
 
         return preview(self, step, which, method, **decoder)
 
-    def token_table(self, prompt_index: int = 0) -> list[Token]:
-        """The token table of one prompt of the batch (77 rows, plus any truncated tokens)."""
+    def token_table(self, prompt_index: int = 0, encoder: str | None = None) -> list[Token]:
+        """The token table of one prompt of the batch: the text sequence's (77 rows for SD/SDXL, plus any
+        truncated tokens), or one encoder's own ("clip", "clip_2", "t5": see ``token_tables``)."""
+        if encoder is not None:
+            if encoder not in self.token_tables:
+                raise ValueError(f"encoder {encoder!r} has no token table in this trace; it has: "
+                                 f"{', '.join(self.token_tables) or 'none (an older trace: use encoder=None)'}")
+            tables = self.token_tables[encoder]
+            return tables[self._prompt_index(prompt_index, len(tables))]
+        return self.tokens[self._prompt_index(prompt_index, len(self.tokens))]
+
+    def _prompt_index(self, prompt_index, count: int) -> int:
         if isinstance(prompt_index, bool) or not isinstance(prompt_index, (int, np.integer)):
             raise TypeError(f"prompt_index must be an int, got {describe(prompt_index)}")
-        if not -len(self.tokens) <= prompt_index < len(self.tokens):
-            raise IndexError(f"prompt_index {prompt_index} does not exist: this trace has {len(self.tokens)} "
+        if not -count <= prompt_index < count:
+            raise IndexError(f"prompt_index {prompt_index} does not exist: this trace has {count} "
                              f"token table(s) (one per prompt; none for a run made from prompt_embeds)")
-        return self.tokens[prompt_index]
+        return int(prompt_index)
 
     # --- saving ----------------------------------------------------------------------------
 
@@ -126,6 +161,9 @@ class Trace:
             if self.images else torch.zeros(0, dtype=torch.uint8)
         tensors.update({f"inputs.{name}": value for name, value in self.inputs.items()})
         metadata = {"params": self.params, "tokens": [[t.to_dict() for t in table] for table in self.tokens]}
+        if self.token_tables:
+            metadata["token_tables"] = {name: [[t.to_dict() for t in table] for table in tables]
+                                        for name, tables in self.token_tables.items()}
         if self.attention is not None:
             tensors.update({f"attention.{k}": v for k, v in self.attention.to_tensors().items()})
             metadata["attention"] = self.attention.to_metadata()
@@ -146,6 +184,8 @@ class Trace:
     @classmethod
     def _from_saved(cls, tensors: dict, metadata: dict) -> "Trace":
         tokens = [[Token(**row) for row in table] for table in metadata["tokens"]]
+        token_tables = {name: [[Token(**row) for row in table] for table in tables]
+                        for name, tables in metadata.get("token_tables", {}).items()}
         images = [Image.fromarray(array) for array in tensors.pop("images").numpy()]
         inputs = {k.removeprefix("inputs."): tensors.pop(k) for k in list(tensors) if k.startswith("inputs.")}
         attention_tensors = {k.removeprefix("attention."): tensors.pop(k)
@@ -157,7 +197,7 @@ class Trace:
             attention = AttentionMaps.from_saved(attention_tensors, metadata["attention"], tokens)
         fields = {name: tensors.get(name) for name in cls._tensor_names()}
         return cls(**fields, images=images, tokens=tokens, params=metadata["params"], inputs=inputs,
-                   attention=attention)
+                   attention=attention, token_tables=token_tables)
 
     def _tensor_fields(self) -> dict[str, torch.Tensor | None]:
         return {name: getattr(self, name) for name in self._tensor_names()}
@@ -165,7 +205,8 @@ class Trace:
     @staticmethod
     def _tensor_names() -> tuple[str, ...]:
         return ("timesteps", "latents", "x0", "noise_pred", "noise_pred_text", "noise_pred_uncond",
-                "scheduler_x0", "prompt_embeds", "negative_prompt_embeds")
+                "scheduler_x0", "prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
+                "negative_pooled_prompt_embeds", "time_ids", "negative_time_ids", "sigmas")
 
     def __repr__(self) -> str:
         batch, channels, h, w = self.latents.shape[1:]

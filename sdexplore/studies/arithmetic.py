@@ -83,7 +83,8 @@ def arithmetic_embeds(pipe, prompt: str, slot: str, expression: str, *, where: s
     terms = slot_prompts(prompt, slot, expression)
     coefficients = [c for c, _ in terms]
     if where == "output":
-        outputs = [pipe.encode_prompt(text, pipe.device, 1, False)[0] for _, text in terms]
+        outputs = [pipe.encode_prompt(text, device=pipe.device, num_images_per_prompt=1,
+                                      do_classifier_free_guidance=False)[0] for _, text in terms]
         return combine(outputs, coefficients)
     _check_aligned(pipe.tokenizer, slot, expression)
     encoder = pipe.text_encoder
@@ -111,7 +112,7 @@ def arithmetic_pictures(pipe, prompt: str, slot: str, expressions: list[str], *,
     """uint8 [E, S, H, W, 3]: every expression generated with every seed (negative prompt "")."""
     import numpy as np
 
-    negative = pipe.encode_prompt("", pipe.device, 1, False)[0]
+    negative = pipe.encode_prompt("", device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=False)[0]
     rows = []
     for expression in expressions:
         embeds = arithmetic_embeds(pipe, prompt, slot, expression, where=where)

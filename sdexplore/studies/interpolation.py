@@ -86,7 +86,8 @@ def interpolated_prompt_embeds(pipe, prompt: str, word: str, target: str, alphas
     rows = []
     for alpha in alphas:
         with mixed_token_embedding(pipe.text_encoder, token_id, target_id, alpha, mode):
-            embeds, _ = pipe.encode_prompt(prompt, pipe.device, 1, False)
+            embeds, _ = pipe.encode_prompt(prompt, device=pipe.device, num_images_per_prompt=1,
+                                           do_classifier_free_guidance=False)
         rows.append(embeds)
     return torch.cat(rows)
 
@@ -102,8 +103,8 @@ def trace_interpolation(pipe, prompt: str, word: str, target: str, alphas, *, se
 @torch.no_grad()
 def prompts_interpolated(pipe, prompt: str, target_prompt: str, alphas, mode: str = "lerp") -> torch.Tensor:
     """[A, 77, D]: the text encoder's outputs for ``prompt`` and ``target_prompt``, mixed by each alpha."""
-    start = pipe.encode_prompt(prompt, pipe.device, 1, False)[0][0]
-    end = pipe.encode_prompt(target_prompt, pipe.device, 1, False)[0][0]
+    start, end = (pipe.encode_prompt(text, device=pipe.device, num_images_per_prompt=1,
+                                     do_classifier_free_guidance=False)[0][0] for text in (prompt, target_prompt))
     return torch.stack([mix(start, end, alpha, mode) for alpha in alphas])
 
 
@@ -120,7 +121,7 @@ def _trace_embeds(pipe, embeds: torch.Tensor, alphas, prompt: str, about: dict, 
     """Trace each row of ``embeds`` [A, 77, D] against the empty prompt's embedding; record what was mixed."""
     from ..capture.run import trace
 
-    negative = pipe.encode_prompt("", pipe.device, 1, False)[0]
+    negative = pipe.encode_prompt("", device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=False)[0]
     runs = []
     for alpha, row in zip(alphas, embeds):
         run = trace(pipe, None, seed=seed, prompt_embeds=row[None], negative_prompt_embeds=negative, **pipeline_kwargs)

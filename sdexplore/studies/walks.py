@@ -159,7 +159,7 @@ def encode(pipe, prompt: str) -> torch.Tensor:
     """[1, T, D]: the text encoder's output for ``prompt`` (what the UNet's cross-attention reads)."""
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-    return pipe.encode_prompt(prompt, pipe.device, 1, False)[0]
+    return pipe.encode_prompt(prompt, device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=False)[0]
 
 
 def prompt_path(pipe, prompt_a: str, prompt_b: str, alphas, method: str = "slerp", *,

@@ -94,7 +94,7 @@ def cat_kitten_interpolation(pipe, seeds: int = 8, alphas=(0.0, 0.25, 0.5, 0.75,
     prompts = ["a photo of a grey cat at the center, plain white background",
                "a photo of an orange cat at the center, grass background"]
     rates = []
-    negative = pipe.encode_prompt("", pipe.device, 1, False)[0]
+    negative = pipe.encode_prompt("", device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=False)[0]
     for alpha in alphas:
         kinds = []
         for prompt in prompts:

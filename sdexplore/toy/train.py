@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel
 
 from . import world
+from .folder import LATENT_RGB_IMAGES, make_standard
 from .judge import foreground_mask
 from .model import (
     FULL,
@@ -71,10 +72,12 @@ class TrainConfig:
     minutes: float | None = 95.0  # time budget for stage 2 (fitted after a warm-up); 0 or None: run unet_steps
     checkpoint_every: int = 200
     log_every: int = 25
+    latent_rgb_images: int = LATENT_RGB_IMAGES  # world pictures the shipped approx-preview map is fitted on
 
 
 TEST_CONFIG = TrainConfig(size=SMALL, images=64, vae_steps=3, vae_batch=4, unet_steps=3, unet_batch=4,
-                          warmup=1, checkpoint_every=2, log_every=1, minutes=None)
+                          warmup=1, checkpoint_every=2, log_every=1, minutes=None,
+                          latent_rgb_images=8)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -287,7 +290,8 @@ def train_denoiser(config: TrainConfig, latents: tuple[torch.Tensor, torch.Tenso
 
 def train(config: TrainConfig, out: Path = DEFAULT_OUT, workdir: Path = Path("runs/toy"),
           overwrite: bool = False) -> Path:
-    """Train every part, then write a diffusers folder to ``out`` (loadable with from_pretrained).
+    """Train every part, then write a diffusers folder to ``out`` (loadable with from_pretrained, and by older
+    transformers and other tools too: see ``folder.make_standard``; with the approx-preview map it ships).
 
     A model already in ``out`` is never replaced unless ``overwrite``: checked before any training.
     """
@@ -313,6 +317,7 @@ def train(config: TrainConfig, out: Path = DEFAULT_OUT, workdir: Path = Path("ru
                              sampling_scheduler(config.prediction_type, config.zero_terminal_snr))
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out, safe_serialization=True)
+    make_standard(out, vae=vae, images=config.latent_rgb_images)  # CLIP's tokenizer files, text_model. names, previews
     summary = {"config": {**asdict(config), "unet_steps_run": steps}, "minutes": (time.time() - started) / 60,
                "torch": torch.__version__}
     earlier = Path(config.init_from or "") / "training.json"

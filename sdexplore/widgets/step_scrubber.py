@@ -37,6 +37,8 @@ class StepScrubber(Explorer):
         self.run, self.prompt_index = run, prompt_index
         self.method = method or ("vae" if pipe is not None else "approx")
         self.decoder = {"pipe": pipe, **decoder} if self.method == "vae" else decoder
+        if self.method == "approx":
+            self.decoder = {"run": run, **self.decoder}  # the approx map of the model that made the run
         self.decodes = 0  # decode calls made so far (one per step first seen)
         self._previews = LRU(cache_size)  # (step, which) -> PIL picture
         self._pngs = LRU(2 * cache_size)  # (step, which) or (step, "attention", positions) -> PNG bytes shown
