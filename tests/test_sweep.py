@@ -108,6 +108,17 @@ def test_seeds_run_as_one_batch_and_match_one_by_one(tiny, monkeypatch):
     assert difference.max() <= 2
 
 
+def test_an_sdxl_batch_gives_each_seed_its_own_trace():
+    sdxl = sdexplore.load_pipeline("tiny-sdxl")
+    grid = Grid(seed=[0, 1], prompt="a cat", num_inference_steps=2)
+    batched = run_sweep(sdxl, grid, batch_size=2, progress=False).traces
+    for run, seed in zip(batched, [0, 1]):
+        alone = sdexplore.trace(sdxl, "a cat", seed=seed, num_inference_steps=2)
+        assert run.seed == seed and run.latents.shape == alone.latents.shape
+        assert run.pooled_prompt_embeds.shape == alone.pooled_prompt_embeds.shape  # [1, P]: cut to its picture
+        torch.testing.assert_close(run.latents, alone.latents, atol=1e-4, rtol=1e-4)
+
+
 def test_a_keep_function_bounds_what_is_kept(tiny):
     def final_picture(run):
         return {"final": run.latents[-1, 0], "steps": torch.tensor(run.num_steps)}

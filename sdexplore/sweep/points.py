@@ -27,7 +27,9 @@ from .grid import describe_value
 
 # what keep=[...] may name: the Trace's tensors, and its pictures as uint8 [B, H, W, 3]
 KEEPABLE = ("images", *Trace._tensor_names())
-_BATCH_FIELDS = ("latents", "x0", "noise_pred", "noise_pred_text", "noise_pred_uncond", "scheduler_x0")
+_STEP_FIELDS = ("latents", "x0", "noise_pred", "noise_pred_text", "noise_pred_uncond", "scheduler_x0")  # [N, B, ...]
+_BATCH_FIRST_FIELDS = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",  # [B, ...]
+                       "negative_pooled_prompt_embeds", "time_ids", "negative_time_ids")
 _NOT_BATCHED = ("alpha", "attention", "num_images_per_prompt", "clip_skip", "latents", "prompt_embeds",
                 "negative_prompt_embeds", "callback_on_step_end", "generator")
 
@@ -144,8 +146,10 @@ def trace_seeds(pipe, points: list[dict]) -> list[Trace]:
 
 
 def one_picture(batch: Trace, index: int, seed: int) -> Trace:
-    """The Trace of picture ``index`` of a batched run: [N, B, ...] fields cut to [N, 1, ...], its own seed."""
+    """The Trace of picture ``index`` of a batched run: [N, B, ...] step fields cut to [N, 1, ...], [B, ...] text
+    fields (embeddings, pooled embeddings, SDXL's time ids) to [1, ...], its own seed."""
     size = len(batch.images)
+    fields = {f.name for f in dataclasses.fields(batch)}
 
     def cut(tensor, axis):
         if tensor is None or tensor.shape[axis] != size:
@@ -154,10 +158,9 @@ def one_picture(batch: Trace, index: int, seed: int) -> Trace:
 
     params = {**batch.params, "seed": seed, "batched": {"index": index, "of": size}}
     params.pop("num_images_per_prompt", None)
-    return dataclasses.replace(
-        batch, **{name: cut(getattr(batch, name), 1) for name in _BATCH_FIELDS},
-        prompt_embeds=cut(batch.prompt_embeds, 0), negative_prompt_embeds=cut(batch.negative_prompt_embeds, 0),
-        images=[batch.images[index]], params=params)
+    changes = {name: cut(getattr(batch, name), 1) for name in _STEP_FIELDS if name in fields}
+    changes.update({name: cut(getattr(batch, name), 0) for name in _BATCH_FIRST_FIELDS if name in fields})
+    return dataclasses.replace(batch, **changes, images=[batch.images[index]], params=params)
 
 
 def kept(run: Trace, keep) -> dict[str, torch.Tensor]:
