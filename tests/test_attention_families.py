@@ -3,7 +3,6 @@ blocks. Each capture is checked against attention written out by hand (an explic
 in the same run, the traced picture against the untraced one, and the memory the recorder keeps against the
 memory computed before the run."""
 
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ from sdexplore.capture.attention_memory import (
     native_memory_table,
 )
 from sdexplore.capture.attention_processor import AttentionLayer, attention_layers, bind_inputs, queries_and_keys
-from sdexplore.prompts import token_table
+from sdexplore.prompts import Token, token_table
 
 PROMPT = "a tabby cat on the beach"
 RUN = dict(num_inference_steps=2, height=64, width=64, output_type="latent")
@@ -61,22 +60,8 @@ def generate(pipe, **extra):
 # --- token tables over the denoiser's text sequence (what the trace helper builds) ---------------
 
 
-@dataclass(frozen=True)
-class Row:
-    """A token-table row with the encoder it belongs to (the trace's Token gains the same field)."""
-
-    position: int
-    id: int
-    text: str
-    kind: str
-    word_index: int | None
-    word: str | None
-    truncated: bool
-    encoder: str
-
-
 def clip_rows(tokenizer, prompt, offset=0):
-    return [Row(t.position + offset, t.id, t.text, t.kind, t.word_index, t.word, t.truncated, "clip")
+    return [Token(t.position + offset, t.id, t.text, t.kind, t.word_index, t.word, t.truncated, "clip")
             for t in token_table(tokenizer, prompt)[:77]]
 
 
@@ -89,7 +74,7 @@ def t5_rows(tokenizer, prompt, length, offset=0):
         else:
             word_index += piece.startswith("▁")
             kind, word = "word", PROMPT.split()[word_index]
-        rows.append(Row(position + offset, token_id, piece, kind, word_index if word else None, word, False, "t5"))
+        rows.append(Token(position + offset, token_id, piece, kind, word_index if word else None, word, False, "t5"))
     return rows
 
 

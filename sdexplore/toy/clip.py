@@ -49,7 +49,7 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcesso
 
 from . import world
 from .model import FULL, ToySize, build_tokenizer
-from .train import learning_rate, load_checkpoint, save_checkpoint
+from .train import learning_rate, load_checkpoint, save_checkpoint, write_training_record
 
 DEFAULT_OUT = Path("runs/toy/clip")  # ships as sdexplore/toy/weights/clip
 # OpenAI CLIP's pixel statistics (what CLIPImageProcessor uses by default).
@@ -311,10 +311,7 @@ def train_clip(config: ClipTrainConfig, out: Path = DEFAULT_OUT, workdir: Path =
                "train_minutes": (resumed_seconds + time.time() - resumed_at) / 60,
                "wall_minutes_this_session": (time.time() - started) / 60,
                "machine": machine_description(device, config.threads), "torch": torch.__version__}
-    earlier = Path(config.init_from or "") / "training.json"
-    if config.init_from and earlier.exists():
-        summary["started_from"] = json.loads(earlier.read_text())
-    (out / "training.json").write_text(json.dumps(summary, indent=2))
+    write_training_record(out, summary, config.init_from)
     print(f"wrote {out} ({summary['train_minutes']:.1f} min of training)", flush=True)
     return out
 

@@ -320,12 +320,17 @@ def train(config: TrainConfig, out: Path = DEFAULT_OUT, workdir: Path = Path("ru
     make_standard(out, vae=vae, images=config.latent_rgb_images)  # CLIP's tokenizer files, text_model. names, previews
     summary = {"config": {**asdict(config), "unet_steps_run": steps}, "minutes": (time.time() - started) / 60,
                "torch": torch.__version__}
-    earlier = Path(config.init_from or "") / "training.json"
-    if config.init_from and earlier.exists():
-        summary["started_from"] = json.loads(earlier.read_text())
-    (out / "training.json").write_text(json.dumps(summary, indent=2))
+    write_training_record(out, summary, config.init_from)
     print(f"wrote {out} in {summary['minutes']:.1f} min", flush=True)
     return out
+
+
+def write_training_record(out: Path, summary: dict, init_from) -> None:
+    """out/training.json: this run's summary, with the record of the run it went on from (if any)."""
+    earlier = Path(init_from or "") / "training.json"
+    if init_from and earlier.exists():
+        summary["started_from"] = json.loads(earlier.read_text())
+    (out / "training.json").write_text(json.dumps(summary, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
