@@ -176,3 +176,19 @@ def test_clips_favourite_is_not_always_the_models_most_likely_prompt(toy_recover
     disagree = toy_recovery["disagree"]
     clip_right, model_right = toy_recovery["clip_correct"], toy_recovery["likelihood_correct"]
     assert bool((clip_right ^ model_right)[disagree].any()), "where they disagree, one of them is wrong"
+
+
+def test_the_greedy_search_beats_the_true_caption_with_words_that_are_not_in_the_picture():
+    """Notebook 11's example: on held-out picture seed 11 the brute-force search reaches a higher cosine than the
+    true caption, by stacking colour words the picture does not have (cosine up, description down)."""
+    from sdexplore.toy import clip_gates, world
+
+    clip, processor = clip_gates.load_toy_clip()
+    images, scenes = clip_gates.held_out_images(1, seed=11)
+    obj = scenes[0].objects[0]
+    truth = img2prompt.describe(obj.kind, obj.color, obj.position, scenes[0].background)
+    found = img2prompt.interrogate(clip, processor, images[0], img2prompt.world_phrases())
+    assert found.similarity > float(img2prompt.clip_similarities(clip, processor, images[0], [truth])[0])
+    added = [phrase for phrase, _ in found.path[1:]]
+    colour_words = {w for words in world.COLOR_WORDS.values() for w in words}
+    assert len([p for p in added if p in colour_words]) >= 2  # more colours than the one object has
