@@ -26,9 +26,10 @@ def plot_img2prompt(result: dict, *, title: str | None = None) -> Figure:
         bars = left.bar(x + (i - 1) * width, rates, width, label=label)
         left.bar_label(bars, [f"{r:.0%}" for r in rates], fontsize=7)
     left.set_xticks(x, ATTRIBUTES)
-    left.set_ylim(0, 1.12)
+    left.set_ylim(0, 1.6)  # room above the bars for the legend
+    left.set_yticks(np.linspace(0, 1, 6))
     left.set_ylabel(f"recovered (of {n} held-out images)")
-    left.legend(fontsize=7, loc="lower right")
+    left.legend(fontsize=7, loc="upper left")
     left.set_title("Which prompt does each way recover?", fontsize=9)
     counts = disagree.sum(0)
     bars = right.bar(x, counts, color="tab:red")
