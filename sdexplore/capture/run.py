@@ -36,6 +36,7 @@ class Tracing:
     def __init__(self, pipe, attention=False, attention_options: dict | None = None):
         check_pipeline(pipe)
         self.pipe = pipe
+        self.device = pipe.device  # read once: it walks every module
         self.steps = StepRecorder(pipe)
         self.attention = _attention_recorder(pipe, attention, attention_options or {})
 
@@ -72,7 +73,7 @@ class Tracing:
         pooled_uncond, pooled = steps.conditioning("pooled")
         time_ids_uncond, time_ids = steps.conditioning("time_ids")
         images = _output_images(output)
-        run_params = {"prompt": prompt, "seed": seed, **describe_pipeline(self.pipe), **(params or {})}
+        run_params = {"prompt": prompt, "seed": seed, **describe_pipeline(self.pipe, self.device), **(params or {})}
         attention = self.attention.result(tables) if self.attention is not None else None
         return Trace(
             timesteps=torch.tensor([timestep_value(r) for r in records], dtype=torch.float32),
@@ -147,18 +148,20 @@ def trace(pipe, prompt: str | list[str], *, seed: int, attention=False, attentio
         pipe = _pipeline_for(pipe, kwargs)
         call = check_call(pipe, prompt, kwargs)
         kwargs = call.kwargs
-        generator = torch.Generator(device=_generator_device(pipe)).manual_seed(seed)
         user_callback = kwargs.pop("callback_on_step_end", None)
         user_inputs = kwargs.pop("callback_on_step_end_tensor_inputs", None)
         with tracing(pipe, attention=attention, **options) as recorder, _clip_skip_support(pipe, kwargs):
+            generator = torch.Generator(device=_generator_device(recorder.device)).manual_seed(seed)
             callback, tensor_inputs = _chain_callbacks(recorder.callback, user_callback, user_inputs)
             output = pipe(prompt, generator=generator, callback_on_step_end=callback,
                           callback_on_step_end_tensor_inputs=tensor_inputs, **kwargs)
         return recorder.to_trace(output, prompt=prompt, seed=seed, params=_json_params(kwargs), inputs=call.inputs)
 
 
-def describe_pipeline(pipe) -> dict:
-    """JSON-safe facts about the pipeline that shape a trace (and that previews need: channels, VAE factors)."""
+def describe_pipeline(pipe, device: torch.device | None = None) -> dict:
+    """JSON-safe facts about the pipeline that shape a trace (and that previews need: channels, VAE factors).
+
+    device: ``pipe.device`` when the caller already read it (reading it walks every module)."""
     scheduler, denoiser, family = pipe.scheduler, denoiser_of(pipe), family_of(pipe)
     facts = {
         "model": str(getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "")),
@@ -181,7 +184,7 @@ def describe_pipeline(pipe) -> dict:
         "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
         "vae_shift_factor": None if shift is None else float(shift),
         "dtype": str(denoiser.dtype).removeprefix("torch."),
-        "device": str(pipe.device),
+        "device": str(device if device is not None else pipe.device),
         "versions": {"diffusers": diffusers.__version__, "torch": torch.__version__},
     })
     return facts
@@ -200,8 +203,9 @@ def _pipeline_for(pipe, kwargs: dict):
     return pipe
 
 
-def _generator_device(pipe) -> str:
-    return "cpu" if pipe.device.type in ("cpu", "mps") else str(pipe.device)
+def _generator_device(device: torch.device) -> str:
+    """Where trace()'s generator lives: the pipeline's device, but the CPU for CPU and MPS pipelines."""
+    return "cpu" if device.type in ("cpu", "mps") else str(device)
 
 
 def _chain_callbacks(ours, theirs, their_inputs):

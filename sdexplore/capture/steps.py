@@ -83,6 +83,7 @@ class StepRecorder:
         self._handles: list = []
         self._owner: int | None = None
         self.foreign_calls = 0
+        self._sigmas_table: np.ndarray | None = None
 
     def _is_foreign(self) -> bool:
         """True (and counted) when a hook runs in a thread other than the one that entered."""
@@ -179,7 +180,8 @@ class StepRecorder:
             x0 = sample - sigma * guided
         else:
             seen_t = _as_float(pending.timestep) if sigma is None else None  # a device sync only where needed
-            alpha_bar = 1.0 / (1.0 + sigma**2) if sigma is not None else alpha_bar_at(self.scheduler, seen_t)
+            alpha_bar = 1.0 / (1.0 + sigma**2) if sigma is not None else \
+                alpha_bar_at(self.scheduler, seen_t, self._training_sigmas())
             x0 = predicted_x0(self.scheduler, pending.model_input[:batch], guided, seen_t,
                               alpha_bar=alpha_bar, kind=self.prediction_kind)
         unpack = self._unpacked
@@ -226,6 +228,12 @@ class StepRecorder:
             return outputs[1], first
         return None, first if len(outputs) == 1 else torch.cat(outputs)
 
+    def _training_sigmas(self) -> np.ndarray:
+        """The training schedule's sigmas, read once per recorder (not at every step)."""
+        if self._sigmas_table is None:
+            self._sigmas_table = training_sigmas(self.scheduler)
+        return self._sigmas_table
+
     def _sigma_of_step(self) -> float | None:
         """The scheduler's own sigma of the step it just made (``sigmas[step_index - 1]``), if it keeps them."""
         sigmas, index = getattr(self.scheduler, "sigmas", None), getattr(self.scheduler, "step_index", None)
@@ -265,17 +273,23 @@ def predicted_x0(scheduler, model_input: torch.Tensor, prediction: torch.Tensor,
     raise ValueError(f"unknown prediction_type {kind!r}; expected 'epsilon', 'v_prediction' or 'sample'")
 
 
-def alpha_bar_at(scheduler, timestep: float) -> float:
+def alpha_bar_at(scheduler, timestep: float, sigmas: np.ndarray | None = None) -> float:
     """alpha_bar of the training schedule at a (possibly fractional) timestep.
 
     Fractional timesteps are interpolated linearly in sigma = sqrt((1 - a) / a), as Euler-type
     schedulers do, so a = 1 / (1 + sigma^2) matches the sigma they scaled the input with.
+    sigmas: ``training_sigmas(scheduler)``, when the caller keeps it (a run reads it once, not every step).
     """
-    alphas_cumprod = scheduler.alphas_cumprod.double().cpu().numpy()
-    with np.errstate(divide="ignore"):  # zero terminal SNR: alpha_bar = 0, sigma = inf at the last timestep
-        sigmas = np.sqrt((1.0 - alphas_cumprod) / alphas_cumprod)
+    sigmas = training_sigmas(scheduler) if sigmas is None else sigmas
     sigma = float(np.interp(float(timestep), np.arange(len(sigmas)), sigmas))
     return 1.0 / (1.0 + sigma**2)
+
+
+def training_sigmas(scheduler) -> np.ndarray:
+    """[num_train_timesteps] float64: sigma = sqrt((1 - a) / a) of the training schedule (inf where a = 0)."""
+    alphas_cumprod = scheduler.alphas_cumprod.double().cpu().numpy()
+    with np.errstate(divide="ignore"):  # zero terminal SNR: alpha_bar = 0, sigma = inf at the last timestep
+        return np.sqrt((1.0 - alphas_cumprod) / alphas_cumprod)
 
 
 def _keep(tensor: torch.Tensor) -> torch.Tensor:

@@ -132,7 +132,7 @@ def trace_seeds(pipe, points: list[dict]) -> list[Trace]:
     with pipeline_lock(pipe), scheduler_swapped(pipe, scheduler):
         run_pipe = _pipeline_for(pipe, kwargs)
         call = check_call(run_pipe, prompt, {**kwargs, "num_images_per_prompt": len(seeds)})
-        generators = [torch.Generator(device=_generator_device(run_pipe)).manual_seed(seed) for seed in seeds]
+        generators = [torch.Generator(device=_generator_device(run_pipe.device)).manual_seed(seed) for seed in seeds]
         with tracing(run_pipe) as recorder:
             output = run_pipe(prompt, generator=generators, callback_on_step_end=recorder.callback,
                               callback_on_step_end_tensor_inputs=["latents"], **call.kwargs)
