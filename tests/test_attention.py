@@ -388,3 +388,64 @@ def test_trace_refuses_a_capture_over_its_budget(pipes):
     run = sdexplore.trace(pipe, PROMPT, seed=0, attention="per_layer", attention_options={"max_bytes": 118_272},
                           **FAST)
     assert run.attention.nbytes == 118_272
+
+
+@pytest.mark.parametrize("shape, size", [((2, 77, 8, 8), (16, 16)), ((1, 5, 4, 6), (64, 96)),
+                                         ((1, 3, 32, 32), (64, 64)), ((1, 2, 16, 16), (8, 8))])
+def test_layer_maps_are_resized_as_torch_resizes_bicubically_then_clipped(shape, size):
+    from sdexplore.capture.attention import upsample_layer_maps
+
+    maps = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.interpolate(maps, size=size, mode="bicubic", align_corners=False).clamp(min=0)
+    resized = upsample_layer_maps(maps, size)
+    assert resized.shape == expected.shape and (resized >= 0).all()
+    torch.testing.assert_close(resized, expected, rtol=0, atol=1e-6)
+    assert (expected == 0).any() or shape[-1] >= size[-1]  # bicubic undershoots: the clip acts
+
+
+def _count_calls(modules):
+    counts = {name: 0 for name in modules}
+    handles = [module.register_forward_hook(lambda m, a, o, name=name: counts.__setitem__(name, counts[name] + 1))
+               for name, module in modules.items()]
+    return counts, handles
+
+
+def test_standard_cross_attention_projections_are_read_not_recomputed(pipes):
+    """With diffusers' standard processors the maps come from the layer's own to_q / to_k calls: tracing with
+    attention calls them exactly as often as the plain pipeline does, and every hook is gone afterwards."""
+    pipe = pipes["tiny"]
+    projections = {f"{name}.{which}": getattr(module, which) for name, module in pipe.unet.named_modules()
+                   if name.endswith("attn2") for which in ("to_q", "to_k")}
+    counts, handles = _count_calls(projections)
+    try:
+        pipe(PROMPT, generator=torch.Generator().manual_seed(0), **FAST)
+        plain = dict(counts)
+        counts.update(dict.fromkeys(counts, 0))
+        sdexplore.trace(pipe, PROMPT, seed=0, attention=True, **FAST)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert counts == plain and all(n == FAST["num_inference_steps"] for n in plain.values())
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in pipe.unet.modules())
+
+
+def test_a_processor_that_calls_its_projections_twice_gets_them_recomputed(monkeypatch):
+    """Reading to_q / to_k is only trusted when each ran once in the call; otherwise the maps are recomputed
+    from the inputs, and they equal the maps of the standard processor."""
+    from sdexplore.capture import attention_processor
+
+    class Twice(AttnProcessor2_0):
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
+            attn.to_q(torch.zeros_like(hidden_states.flatten(2).transpose(1, 2) if hidden_states.ndim == 4
+                                       else hidden_states))  # a throwaway extra call
+            return super().__call__(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+
+    monkeypatch.setattr(attention_processor, "PROJECTION_READING_PROCESSORS",
+                        attention_processor.PROJECTION_READING_PROCESSORS | {"Twice"})
+    pipe = sdexplore.tiny_pipeline("tiny")
+    standard = sdexplore.trace(pipe, PROMPT, seed=0, attention="per_layer", **FAST).attention
+    pipe.unet.set_attn_processor(Twice())
+    twice = sdexplore.trace(pipe, PROMPT, seed=0, attention="per_layer", **FAST).attention
+    for name in standard.layer_names:
+        for step in range(standard.num_steps):
+            torch.testing.assert_close(twice.layer_map(name, step), standard.layer_map(name, step), rtol=0, atol=1e-6)

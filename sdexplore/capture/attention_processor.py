@@ -126,26 +126,46 @@ class QueriesKeys:
     text_first: bool = False
 
 
-def queries_and_keys(layer: AttentionLayer, inputs: dict, rows: slice, text_length: int | None) -> QueriesKeys:
-    """Recompute the layer's queries and keys for batch ``rows`` from its inputs (bind_inputs' dict)."""
+# Processors that call the layer's own to_q once on the image tokens and its to_k once on the text (cross-attention):
+# their projections' outputs can be read by hooks on to_q / to_k instead of being recomputed.
+PROJECTION_READING_PROCESSORS = frozenset({"AttnProcessor", "AttnProcessor2_0", "XFormersAttnProcessor",
+                                           "IPAdapterAttnProcessor", "IPAdapterAttnProcessor2_0"})
+
+
+def reads_projections(layer: AttentionLayer) -> bool:
+    """True when the layer's queries and keys can be taken from its own to_q / to_k calls (see above)."""
+    return (layer.kind == "cross" and isinstance(layer.module, Attention)
+            and type(layer.processor).__name__ in PROJECTION_READING_PROCESSORS)
+
+
+def queries_and_keys(layer: AttentionLayer, inputs: dict, rows: slice, text_length: int | None,
+                     projected: tuple[torch.Tensor, torch.Tensor] | None = None) -> QueriesKeys:
+    """The layer's queries and keys for batch ``rows``: recomputed from its inputs (bind_inputs' dict), or, for a
+    cross-attention layer, taken from ``projected`` = (to_q's output [B, n, C], to_k's output [B, T, C]) of
+    the call itself."""
     module = layer.module
-    hidden = inputs["hidden_states"][rows]
-    if layer.kind in ("cross", "self") and hidden.ndim == 4:  # [b, C, h, w] → [b, n, C]
-        hidden = hidden.flatten(2).transpose(1, 2)
-    if layer.kind in ("cross", "self") and getattr(module, "group_norm", None) is not None:
-        hidden = module.group_norm(hidden.transpose(1, 2)).transpose(1, 2)
-    to_q, to_k = _projections(layer)
     heads = layer.heads
-    image_q = _heads(to_q(hidden), heads)  # [b, n, heads, d]
     image_k = text_q = text_k = None
-    if layer.kind == "cross":
-        text = _text_states(layer, inputs["encoder_hidden_states"])[rows]
-        text_k = _heads(to_k(text), heads)
+    if projected is not None:
+        if layer.kind != "cross":
+            raise ValueError(f"projections can be reused for cross-attention layers only, not {layer.kind!r}")
+        image_q, text_k = (_heads(output[rows], heads) for output in projected)
     else:
-        image_k = _heads(to_k(hidden), heads)
-    if layer.kind == "joint":
-        text = inputs["encoder_hidden_states"][rows]
-        text_q, text_k = _heads(module.add_q_proj(text), heads), _heads(module.add_k_proj(text), heads)
+        hidden = inputs["hidden_states"][rows]
+        if layer.kind in ("cross", "self") and hidden.ndim == 4:  # [b, C, h, w] → [b, n, C]
+            hidden = hidden.flatten(2).transpose(1, 2)
+        if layer.kind in ("cross", "self") and getattr(module, "group_norm", None) is not None:
+            hidden = module.group_norm(hidden.transpose(1, 2)).transpose(1, 2)
+        to_q, to_k = _projections(layer)
+        image_q = _heads(to_q(hidden), heads)  # [b, n, heads, d]
+        if layer.kind == "cross":
+            text = _text_states(layer, inputs["encoder_hidden_states"])[rows]
+            text_k = _heads(to_k(text), heads)
+        else:
+            image_k = _heads(to_k(hidden), heads)
+        if layer.kind == "joint":
+            text = inputs["encoder_hidden_states"][rows]
+            text_q, text_k = _heads(module.add_q_proj(text), heads), _heads(module.add_k_proj(text), heads)
     image_q = _norm(module, "norm_q", image_q)
     image_k = _norm(module, "norm_k", image_k)
     text_q = _norm(module, "norm_added_q", text_q)
