@@ -80,3 +80,31 @@ def test_a_model_already_in_the_output_folder_is_never_replaced(trained, tmp_pat
         train.train(train.TEST_CONFIG, out=out, workdir=tmp_path / "work")
     assert train.main(["--test", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 2
     assert (out / "model_index.json").read_bytes() == before and not (tmp_path / "work").exists()
+
+
+def test_sd_recipe_trains_the_unet_on_clips_frozen_text_tower(tmp_path):
+    """--text-encoder-from: the text encoder is the CLIP's text tower, unchanged by training, with the CLIP's
+    tokenizer; the CLIP ships beside it in clip/."""
+    from transformers import CLIPModel
+
+    from sdexplore.toy import clip as toy_clip
+
+    tokenizer = build_tokenizer()
+    small = train.TEST_CONFIG.size
+    clip = toy_clip.build_clip(tokenizer, size=small, config=toy_clip.ClipTrainConfig(patch=8))
+    clip.save_pretrained(tmp_path / "clip")
+    tokenizer.save_pretrained(tmp_path / "clip")
+    config = replace(train.TEST_CONFIG, text_encoder_from=str(tmp_path / "clip"), pair_share=0.5)
+    out = train.train(config, out=tmp_path / "out", workdir=tmp_path / "work")
+    pipe = sdexplore.load_pipeline(out)
+    tower = CLIPModel.from_pretrained(out / "clip").text_model.state_dict()
+    for key, value in pipe.text_encoder.state_dict().items():
+        torch.testing.assert_close(value, tower[key], rtol=0, atol=0, msg=key)
+    assert pipe.tokenizer("a cat").input_ids == tokenizer("a cat").input_ids
+    state = json.loads((tmp_path / "work" / "denoiser.json").read_text())
+    assert state["step"] == config.unet_steps
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "work" / "denoiser.safetensors"), framework="pt") as handle:
+        assert not any(".text_encoder." in k or k.startswith("text_encoder.") for k in handle.keys())
+    assert json.loads((out / "training.json").read_text())["config"]["text_encoder_from"] == str(tmp_path / "clip")

@@ -188,3 +188,48 @@ def test_judge_reads_large_renders_and_refuses_pair_scenes():
     assert judge.score(images, scenes)["all"] >= 0.95
     with pytest.raises(ValueError, match="single-object"):
         judge.score(images[:1], random_scenes(1, n_objects=2))
+
+
+def test_judge_reads_both_objects_of_blurred_noisy_pair_scenes():
+    judge = get_judge()
+    rng = np.random.default_rng(13)
+    scenes = world.held_out_pairs(120, seed=13)
+    images = []
+    for scene in scenes:
+        blurred = Image.fromarray(world.render(scene, rng=rng).image).filter(ImageFilter.GaussianBlur(1.0))
+        noisy = np.asarray(blurred, np.float32) + rng.normal(0, 5, (64, 64, 3))
+        images.append(np.clip(noisy, 0, 255).astype(np.uint8))
+    scores = judge.score_pairs(images, scenes)
+    assert scores["both"] >= 0.95 and scores["n"] == 120, scores
+    # one object painted out: that pair is no longer found, the other object still is
+    scene = scenes[0]
+    half = judge_half_only(images[0], scene.objects[0].position)
+    assert judge.score_pairs([half], [scene])["both"] == 0.0
+    with pytest.raises(ValueError, match="two-object"):
+        judge.score_pairs(images[:1], world.held_out_prompts(1))
+    with pytest.raises(ValueError, match="left, right, top, bottom"):
+        judge.predict_pair(images[0], ("center", "left"))
+
+
+def judge_half_only(image, position):
+    """The image with the half opposite ``position`` kept and ``position``'s half painted with the background."""
+    from sdexplore.toy.judge import OPPOSITE, only_half
+
+    return only_half(image, OPPOSITE[position])
+
+
+def test_held_out_pairs_hold_two_held_out_objects_at_pair_places():
+    scenes = world.held_out_pairs(60, seed=3)
+    assert scenes == world.held_out_pairs(60, seed=3)
+    for scene in scenes:
+        assert len(scene.objects) == 2 and all(world.is_held_out(o) for o in scene.objects)
+        assert {o.position for o in scene.objects} in ({"left", "right"}, {"top", "bottom"})
+
+
+def test_the_share_of_pair_scenes_is_a_choice_and_checked():
+    rng = np.random.default_rng(0)
+    pairs = sum(len(world.sample_scene(rng, pair_share=0.8).objects) == 2 for _ in range(400))
+    assert 0.72 <= pairs / 400 <= 0.88
+    assert all(len(world.sample_scene(rng, pair_share=0.0).objects) == 1 for _ in range(50))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        world.sample_scene(rng, pair_share=1.5)

@@ -1,4 +1,4 @@
-"""A judge that reads single-object toy-world images: which kind, which colour, where.
+"""A judge that reads toy-world images: which kind, which colour, where (one object, or two in a pair scene).
 
 Images from a small diffusion model are blurry and noisy, so the judge measures rather than
 matches: it finds the background from the image border (every background's colours are known),
@@ -243,6 +243,48 @@ class Judge:
             "cat_vs_kitten": float(right["kind"][is_cat].mean()) if is_cat.any() else float("nan"),
             "n": len(truth),
         }
+
+
+    def predict_pair(self, image: np.ndarray, positions: tuple[str, str]) -> list[dict[str, str]]:
+        """uint8 [H, W, 3] of a pair scene -> [{kind, color, position}] for the half of each stated position.
+
+        positions: ("left", "right") / ("top", "bottom") in either order. Each half is read alone: the other
+        half is painted over with the background's colour and the single-object judge reads what is left.
+        """
+        return self.predict([only_half(image, position) for position in positions])
+
+    def score_pairs(self, images: np.ndarray | Sequence[np.ndarray],
+                    scenes: Sequence[world.SceneSpec]) -> dict[str, float]:
+        """Against two-object scenes: ``both`` (both kinds found, each at its stated position), ``kinds`` (both
+        kinds right, anywhere in their halves), ``objects`` (share of single objects found at their place)."""
+        if len(images) != len(scenes):
+            raise ValueError(f"{len(images)} images but {len(scenes)} scenes")
+        if any(len(s.objects) != 2 for s in scenes):
+            raise ValueError("score_pairs scores two-object scenes only")
+        found, kinds = [], []
+        for image, scene in zip(images, scenes):
+            read = self.predict_pair(image, tuple(o.position for o in scene.objects))
+            kinds.append([r["kind"] == o.kind for r, o in zip(read, scene.objects)])
+            found.append([r["kind"] == o.kind and r["position"] == o.position for r, o in zip(read, scene.objects)])
+        found, kinds = np.array(found), np.array(kinds)
+        return {"both": float(found.all(axis=1).mean()), "kinds": float(kinds.all(axis=1).mean()),
+                "objects": float(found.mean()), "n": len(scenes)}
+
+
+HALVES = {"left": (slice(None), slice(0, JUDGE_SIZE // 2)), "right": (slice(None), slice(JUDGE_SIZE // 2, None)),
+          "top": (slice(0, JUDGE_SIZE // 2), slice(None)), "bottom": (slice(JUDGE_SIZE // 2, None), slice(None))}
+OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
+
+
+def only_half(image: np.ndarray, position: str) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [64, 64, 3]: the half at ``position`` kept, the other half the background's colour."""
+    if position not in HALVES:
+        raise ValueError(f"a pair scene's object is at one of {', '.join(HALVES)}, got {position!r}")
+    image = _as_judge_size(image)
+    _, base, _ = find_background(image)
+    out = image.copy()
+    out[HALVES[OPPOSITE[position]]] = base
+    return out.round().clip(0, 255).astype(np.uint8)
 
 
 _JUDGE: Judge | None = None

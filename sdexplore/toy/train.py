@@ -7,10 +7,15 @@
 Two stages, each checkpointed to ``--workdir`` (safetensors + JSON, resumed automatically):
 1. the VAE learns to compress 64x64 world renders to 4x16x16 latents (L1 + MSE with object pixels
    weighted up, + a tiny KL);
-2. the text encoder and the UNet learn together to denoise those latents, SD-style: DDPM with
-   scaled-linear betas rescaled to zero terminal SNR, v-prediction (see model.training_scheduler
-   for why), 10% empty captions (for classifier-free guidance), min-SNR loss weighting (gamma 5).
-``--init-from`` starts stage 2 from a trained diffusers folder (its VAE is kept, not retrained).
+2. the UNet learns to denoise those latents, SD-style: DDPM with scaled-linear betas rescaled to
+   zero terminal SNR, v-prediction (see model.training_scheduler for why), 10% empty captions (for
+   classifier-free guidance), min-SNR loss weighting (gamma 5). Its text encoder is either
+   - SD's recipe (``--text-encoder-from`` a toy CLIP folder, see ``toy.clip``): CLIP's text tower,
+     frozen, with CLIP's tokenizer: "not learned in Stable Diffusion ... used without modification";
+   - or (no ``--text-encoder-from``) a text encoder trained together with the UNet, as toy v1 was.
+``--init-from`` starts stage 2 from a trained diffusers folder (its VAE is kept, not retrained; its UNet
+is the starting point; its tokenizer is used unless a CLIP gives its own).
+``--pair-share`` sets how many training scenes hold two objects (the world's default is 30%).
 Losses are printed as it goes and appended to ``<workdir>/log.jsonl``.
 """
 
@@ -20,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -30,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextModel
+from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
 from . import world
 from .folder import LATENT_RGB_IMAGES, make_standard
@@ -69,6 +75,8 @@ class TrainConfig:
     prediction_type: str = "v_prediction"
     zero_terminal_snr: bool = True
     init_from: str | None = None  # a trained diffusers folder: stage 2 starts from its weights, its VAE is kept
+    text_encoder_from: str | None = None  # a toy CLIP folder: its text tower is the frozen text encoder (SD's recipe)
+    pair_share: float = world.PAIR_SHARE  # share of training scenes with two objects
     minutes: float | None = 95.0  # time budget for stage 2 (fitted after a warm-up); 0 or None: run unet_steps
     checkpoint_every: int = 200
     log_every: int = 25
@@ -85,7 +93,8 @@ TEST_CONFIG = TrainConfig(size=SMALL, images=64, vae_steps=3, vae_batch=4, unet_
 
 def render_dataset(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, list]:
     """The training scenes: images [N, 3, H, W] in [-1, 1], object masks [N, 1, H, W] (bool), SceneSpecs."""
-    images, _, scenes = world.make_dataset(config.images, seed=config.seed, size=config.size.image)
+    images, _, scenes = world.make_dataset(config.images, seed=config.seed, size=config.size.image,
+                                           pair_share=config.pair_share)
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     masks = torch.from_numpy(np.stack([foreground_mask(image) for image in images]))[:, None]
     return pixels, masks, scenes
@@ -214,7 +223,24 @@ def encode_dataset(vae, pixels: torch.Tensor, batch: int = 256) -> tuple[torch.T
     return mean, std, scaling
 
 
-# --- stage 2: text encoder + UNet --------------------------------------------------------------
+# --- stage 2: the UNet (and the text encoder, unless it is CLIP's frozen tower) ------------------
+
+
+def load_tokenizer(config: TrainConfig):
+    """The tokenizer the text encoder was made with: the CLIP's, the starting folder's, or a fresh one."""
+    if config.text_encoder_from:
+        return CLIPTokenizer.from_pretrained(config.text_encoder_from)
+    if config.init_from:
+        return CLIPTokenizer.from_pretrained(Path(config.init_from) / "tokenizer")
+    return build_tokenizer()
+
+
+def frozen_text_tower(clip_folder: str | os.PathLike) -> CLIPTextModel:
+    """CLIPModel's text tower as a CLIPTextModel (input ids [B, 77] -> hidden states [B, 77, width]), frozen."""
+    clip = CLIPModel.from_pretrained(clip_folder)
+    text_encoder = CLIPTextModel(clip.config.text_config)
+    text_encoder.load_state_dict(clip.text_model.state_dict())  # same parameter names in transformers 5
+    return text_encoder.eval().requires_grad_(False)
 
 
 def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -242,10 +268,15 @@ def train_denoiser(config: TrainConfig, latents: tuple[torch.Tensor, torch.Tenso
     unet = build_unet(config.size, latent_size=mean.shape[-1])
     if config.init_from:
         trained = Path(config.init_from)
-        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(trained / "text_encoder").state_dict())
+        if not config.text_encoder_from:
+            text_encoder.load_state_dict(CLIPTextModel.from_pretrained(trained / "text_encoder").state_dict())
         unet.load_state_dict(UNet2DConditionModel.from_pretrained(trained / "unet").state_dict())
-    modules = {"text_encoder": text_encoder, "unet": unet}
-    parameters = list(text_encoder.parameters()) + list(unet.parameters())
+    if config.text_encoder_from:
+        text_encoder = frozen_text_tower(config.text_encoder_from)
+        modules = {"unet": unet}
+    else:
+        modules = {"text_encoder": text_encoder, "unet": unet}
+    parameters = [p for module in modules.values() for p in module.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=config.unet_lr, weight_decay=0.01)
     scheduler = training_scheduler(config.prediction_type, config.zero_terminal_snr)
     checkpoint = workdir / "denoiser"
@@ -264,7 +295,9 @@ def train_denoiser(config: TrainConfig, latents: tuple[torch.Tensor, torch.Tenso
         noisy = scheduler.add_noise(x0, noise, timesteps)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, state["total"], config.unet_lr, config.warmup)
-        prediction = unet(noisy, timesteps, text_encoder(ids)[0]).sample
+        with torch.set_grad_enabled(text_encoder.training):
+            encoder_states = text_encoder(ids)[0]
+        prediction = unet(noisy, timesteps, encoder_states).sample
         target = training_target(scheduler, x0, noise, timesteps)
         per_sample = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * min_snr_weights(scheduler, timesteps, config.min_snr_gamma)).mean()
@@ -300,7 +333,7 @@ def train(config: TrainConfig, out: Path = DEFAULT_OUT, workdir: Path = Path("ru
     workdir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 1)
     started = time.time()
-    tokenizer = build_tokenizer()
+    tokenizer = load_tokenizer(config)
     print(f"rendering {config.images} scenes ...", flush=True)
     pixels, masks, scenes = render_dataset(config)
     if config.init_from:
@@ -318,6 +351,8 @@ def train(config: TrainConfig, out: Path = DEFAULT_OUT, workdir: Path = Path("ru
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out, safe_serialization=True)
     make_standard(out, vae=vae, images=config.latent_rgb_images)  # CLIP's tokenizer files, text_model. names, previews
+    if config.text_encoder_from:  # the CLIP the text encoder comes from ships beside it
+        shutil.copytree(config.text_encoder_from, out / "clip", dirs_exist_ok=True)
     summary = {"config": {**asdict(config), "unet_steps_run": steps}, "minutes": (time.time() - started) / 60,
                "torch": torch.__version__}
     write_training_record(out, summary, config.init_from)
@@ -345,13 +380,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init-from", default=None, help="a trained diffusers folder to start stage 2 from")
     parser.add_argument("--unet-lr", type=float, default=None)
+    parser.add_argument("--text-encoder-from", default=None,
+                        help="a toy CLIP folder: its text tower, frozen, is the text encoder (SD's recipe)")
+    parser.add_argument("--pair-share", type=float, default=None, help="share of two-object training scenes")
     parser.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     parser.add_argument("--test", action="store_true", help="a tiny config that runs in seconds (for tests)")
     args = parser.parse_args(argv)
     config = TEST_CONFIG if args.test else TrainConfig()
-    overrides = {"seed": args.seed, "init_from": args.init_from}
+    overrides = {"seed": args.seed, "init_from": args.init_from, "text_encoder_from": args.text_encoder_from}
     overrides.update({k: v for k, v in (("unet_steps", args.unet_steps), ("vae_steps", args.vae_steps),
-                                         ("unet_lr", args.unet_lr), ("minutes", args.minutes)) if v is not None})
+                                         ("unet_lr", args.unet_lr), ("minutes", args.minutes),
+                                         ("pair_share", args.pair_share)) if v is not None})
     try:
         train(replace(config, **overrides), out=args.out, workdir=args.workdir, overwrite=args.overwrite)
     except FileExistsError as error:

@@ -83,6 +83,7 @@ ANCHORS = {
 JITTER = 0.03  # max centroid shift, as a fraction of the image
 SIZE_SCALE = {"small": 0.75, "large": 1.0}
 N_BACKGROUND_VARIANTS = 8
+PAIR_SHARE = 0.3  # share of random scenes that hold two objects
 
 
 @dataclass(frozen=True)
@@ -228,13 +229,16 @@ def sample_scene(
     *,
     n_objects: int | None = None,
     exclude: Callable[[ObjectSpec], bool] | None = None,
+    pair_share: float = PAIR_SHARE,
 ) -> SceneSpec:
-    """A random scene: 1 object (70%) or 2 side by side / one above the other (small).
+    """A random scene: 1 object, or 2 (small) side by side / one above the other with probability ``pair_share``.
 
     exclude: objects for which it returns True are never produced (e.g. ``is_held_out``).
     """
+    if not 0.0 <= pair_share <= 1.0:
+        raise ValueError(f"pair_share must be a probability in [0, 1], got {pair_share}")
     if n_objects is None:
-        n_objects = 1 if rng.random() < 0.7 else 2
+        n_objects = 1 if rng.random() < 1.0 - pair_share else 2
     _check(n_objects, (1, 2), "n_objects")
     background = _pick(rng, BACKGROUNDS)
     if n_objects == 1:
@@ -288,6 +292,13 @@ def held_out_prompts(n: int, seed: int = 0) -> list[SceneSpec]:
         obj = ObjectSpec(kind, color, *_pattern_and_eyes(rng, kind, color), position, _pick(rng, SIZES))
         scenes.append(SceneSpec([obj], _pick(rng, backgrounds)))
     return scenes
+
+
+def held_out_pairs(n: int, seed: int = 0) -> list[SceneSpec]:
+    """n two-object scenes (left/right or top/bottom, small) whose objects are both held-out combinations:
+    no training scene shows either object at its place, let alone the pair."""
+    rng = np.random.default_rng(seed)
+    return [sample_scene(rng, n_objects=2, exclude=lambda obj: not is_held_out(obj)) for _ in range(n)]
 
 
 # --------------------------------------------------------------------------- shapes
@@ -510,6 +521,7 @@ def make_dataset(
     size: int = IMAGE_SIZE,
     *,
     exclude: Callable[[ObjectSpec], bool] | None = is_held_out,
+    pair_share: float = PAIR_SHARE,
 ) -> tuple[np.ndarray, list[str], list[SceneSpec]]:
     """n random scenes: (images uint8 [n, size, size, 3], captions, scenes).
 
@@ -519,7 +531,7 @@ def make_dataset(
     images = np.empty((n, size, size, 3), np.uint8)
     captions, scenes = [], []
     for i in range(n):
-        scene = sample_scene(rng, exclude=exclude)
+        scene = sample_scene(rng, exclude=exclude, pair_share=pair_share)
         images[i] = render(scene, size=size, rng=rng).image
         captions.append(caption(scene, rng))
         scenes.append(scene)
