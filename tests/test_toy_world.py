@@ -193,7 +193,7 @@ def test_judge_reads_large_renders_and_refuses_pair_scenes():
 def test_judge_reads_both_objects_of_blurred_noisy_pair_scenes():
     judge = get_judge()
     rng = np.random.default_rng(13)
-    scenes = world.held_out_pairs(120, seed=13)
+    scenes = world.held_out_pairs(120, seed=13, both=True)
     images = []
     for scene in scenes:
         blurred = Image.fromarray(world.render(scene, rng=rng).image).filter(ImageFilter.GaussianBlur(1.0))
@@ -218,12 +218,17 @@ def judge_half_only(image, position):
     return only_half(image, OPPOSITE[position])
 
 
-def test_held_out_pairs_hold_two_held_out_objects_at_pair_places():
-    scenes = world.held_out_pairs(60, seed=3)
-    assert scenes == world.held_out_pairs(60, seed=3)
+@pytest.mark.parametrize("both", [False, True])
+def test_held_out_pairs_hold_held_out_objects_at_pair_places(both):
+    scenes = world.held_out_pairs(60, seed=3, both=both)
+    assert scenes == world.held_out_pairs(60, seed=3, both=both)
+    slots = []
     for scene in scenes:
-        assert len(scene.objects) == 2 and all(world.is_held_out(o) for o in scene.objects)
+        held = [world.is_held_out(o) for o in scene.objects]
+        assert len(scene.objects) == 2 and sum(held) == (2 if both else 1)
         assert {o.position for o in scene.objects} in ({"left", "right"}, {"top", "bottom"})
+        slots.append(held.index(True))
+    assert both or 0 < sum(slots) < len(slots)  # the held-out object is first in some, second in others
 
 
 def test_the_share_of_pair_scenes_is_a_choice_and_checked():

@@ -10,6 +10,11 @@
   printed beside DAAM's aggregation of the same runs (``daam_word_heat``), at the gate's threshold
   and at DAAM's 40%;
 - cat <-> kitten: sliding the "cat" token embedding toward "kitten" turns cats into kittens;
+- two objects: two-object prompts no training scene shows ("a ... on the left and a ... on the right, ..."; one
+  object a held-out combination at its place; printed too with both held out); the judge reads each half and
+  must find both kinds, each at its stated position;
+- img2img keeps both: a rendered two-object scene with its own caption, img2img at strength 0.5; the judge
+  must still find both objects at their places;
 - speed: 25 steps with classifier-free guidance, one image, on this machine's CPU.
 """
 
@@ -27,12 +32,13 @@ from ..studies.attention import ATTENTION_THRESHOLD, attended_region, iou
 from . import world
 from .judge import foreground_mask, get_judge
 
-THRESHOLDS = {"kind": 0.90, "color": 0.90, "position": 0.90, "cat_vs_kitten": 0.85, "mean_iou": 0.70,
-              "seconds_25_steps": 1.5}
+THRESHOLDS = {"kind": 0.90, "color": 0.90, "position": 0.90, "cat_vs_kitten": 0.85, "mean_iou": 0.75,
+              "two_objects": 0.80, "img2img_keeps_both": 0.80, "seconds_25_steps": 1.5}
 STEPS, GUIDANCE = 25, 7.5
 VALIDATION_SEED = 100  # scenes and seeds for choosing the attention threshold; the gates use seed 0
 METHODS = ("sdexplore", "daam")  # word-map aggregations the attention gate scores side by side
 DAAM_THRESHOLD = 0.4  # DAAM's own threshold (40% of the map's maximum), reported beside the gate's
+IMG2IMG_STRENGTH = 0.5
 
 
 def object_words(kind: str) -> list[str]:
@@ -56,6 +62,35 @@ def prompt_following(pipe, n: int = 100, seed: int = 0) -> dict:
     scenes = world.held_out_prompts(n, seed=seed)
     images = generate(pipe, [world.canonical_prompt(s) for s in scenes], seed=seed)
     return get_judge().score(images, scenes)
+
+
+def two_object_following(pipe, n: int = 48, seed: int = 0, both: bool = False) -> dict:
+    """Judge scores (``Judge.score_pairs``) on n two-object prompts no training scene shows: one of the two
+    objects (both, with ``both=True``) a held-out combination at its place (``world.held_out_pairs``)."""
+    scenes = world.held_out_pairs(n, seed=seed, both=both)
+    images = generate(pipe, [world.canonical_prompt(s) for s in scenes], seed=seed)
+    return get_judge().score_pairs(images, scenes)
+
+
+def img2img_keeps_both(pipe, n: int = 48, seed: int = 0, strength: float = IMG2IMG_STRENGTH, batch: int = 16) -> dict:
+    """Judge scores (``Judge.score_pairs``) after img2img at ``strength`` from n rendered two-object scenes,
+    each prompted with its own canonical caption."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+    from PIL import Image
+
+    rng = np.random.default_rng([seed, 2])
+    scenes = [world.sample_scene(rng, n_objects=2) for _ in range(n)]
+    sources = [Image.fromarray(world.render(s, rng=rng).image) for s in scenes]
+    img2img = StableDiffusionImg2ImgPipeline(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
+    images = []
+    for start in range(0, n, batch):
+        out = img2img([world.canonical_prompt(s) for s in scenes[start:start + batch]],
+                      image=sources[start:start + batch], strength=strength, num_inference_steps=STEPS,
+                      guidance_scale=GUIDANCE, generator=torch.Generator().manual_seed(seed + start),
+                      output_type="np")
+        images.append((out.images * 255).round().astype(np.uint8))
+    return get_judge().score_pairs(np.concatenate(images), scenes)
 
 
 def object_word_heats(pipe, n: int = 32, seed: int = 0, batch: int = 8, method: str = "sdexplore"):
@@ -156,10 +191,13 @@ def seconds_for_25_steps(pipe, repeats: int = 3) -> float:
     return statistics.median(times[1:])
 
 
-def measure_all(pipe, n: int = 100, n_attention: int = 32) -> dict:
+def measure_all(pipe, n: int = 100, n_attention: int = 32, n_pairs: int = 48) -> dict:
     following = prompt_following(pipe, n=n)
     results = {key: following[key] for key in ("kind", "color", "position", "cat_vs_kitten")}
     results["all_three"] = following.get("all")
+    results["two_objects"] = two_object_following(pipe, n=n_pairs)["both"]
+    results["two_objects_both_held_out"] = two_object_following(pipe, n=n_pairs, both=True)["both"]
+    results["img2img_keeps_both"] = img2img_keeps_both(pipe, n=n_pairs)["both"]
     results["attention"] = attention_by_method(pipe, n_attention)
     results["mean_iou"] = results["attention"]["sdexplore"][ATTENTION_THRESHOLD]
     results["interpolation"] = cat_kitten_interpolation(pipe)
@@ -194,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="toy")
     parser.add_argument("--n", type=int, default=100, help="held-out prompts for prompt following")
     parser.add_argument("--n-attention", type=int, default=32)
+    parser.add_argument("--n-pairs", type=int, default=48, help="two-object prompts and img2img scenes")
     parser.add_argument("--sweep-threshold", action="store_true",
                         help="print mean IoU by attention threshold on validation scenes, then stop")
     parser.add_argument("--attention-only", action="store_true",
@@ -209,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.attention_only:
         print(attention_comparison(attention_by_method(pipe, args.n_attention)))
         return 0
-    results = measure_all(pipe, n=args.n, n_attention=args.n_attention)
+    results = measure_all(pipe, n=args.n, n_attention=args.n_attention, n_pairs=args.n_pairs)
     failures = 0
     for name, threshold in THRESHOLDS.items():
         ok = passed(name, results[name])
@@ -220,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     print("cat->kitten        kitten rate by alpha " +
           ", ".join(f"{a:.2f}: {r:.2f}" for a, r in zip(rates["alphas"], rates["kitten_rate"])))
     print(f"all three right    {results['all_three']}")
+    print(f"two objects, both held out at their places: {results['two_objects_both_held_out']:.3f}")
     print(attention_comparison(results["attention"]))
     return 1 if failures else 0
 

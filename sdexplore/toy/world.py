@@ -294,11 +294,24 @@ def held_out_prompts(n: int, seed: int = 0) -> list[SceneSpec]:
     return scenes
 
 
-def held_out_pairs(n: int, seed: int = 0) -> list[SceneSpec]:
-    """n two-object scenes (left/right or top/bottom, small) whose objects are both held-out combinations:
-    no training scene shows either object at its place, let alone the pair."""
+def held_out_pairs(n: int, seed: int = 0, *, both: bool = False) -> list[SceneSpec]:
+    """n two-object scenes (left/right or top/bottom, small) that no training scene shows: one object (both, with
+    ``both=True``) is a held-out combination at its place, the other one a trained one."""
     rng = np.random.default_rng(seed)
-    return [sample_scene(rng, n_objects=2, exclude=lambda obj: not is_held_out(obj)) for _ in range(n)]
+    scenes = []
+    while len(scenes) < n:
+        pair = _pick(rng, (("left", "right"), ("top", "bottom")))
+        pair = pair[::-1] if rng.random() < 0.5 else pair
+        held = {0, 1} if both else {int(rng.random() * 2)}
+        background = _pick(rng, BACKGROUNDS)
+        try:
+            objects = [_sample_object(rng, position, "small", background,
+                                      (lambda o: not is_held_out(o)) if i in held else is_held_out)
+                       for i, position in enumerate(pair)]
+        except ValueError:  # no held-out object at that place contrasts with this background: draw again
+            continue
+        scenes.append(SceneSpec(objects, background))
+    return scenes
 
 
 # --------------------------------------------------------------------------- shapes
