@@ -5,6 +5,7 @@ import tempfile
 
 import matplotlib
 import pytest
+import torch
 
 matplotlib.use("Agg")
 
@@ -31,3 +32,13 @@ def tiny_sd2():
 def tiny_inpaint():
     """SD1-shaped with the 9-channel inpainting UNet."""
     return sdexplore.load_pipeline("tiny-inpaint")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run far faster on one thread than on two contended ones: a module asks for this with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``; torch's thread count is put back after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

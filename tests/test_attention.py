@@ -26,13 +26,7 @@ FAST = dict(num_inference_steps=3, height=64, width=64)
 PROMPT = "a tabby cat on the beach"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models are far faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

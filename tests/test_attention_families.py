@@ -28,12 +28,7 @@ KINDS = ("tiny", "tiny-sdxl", "tiny-sd3", "tiny-sd35", "tiny-flux")
 TEXT_LENGTH = {"tiny": 77, "tiny-sdxl": 77, "tiny-sd3": 77 + 256, "tiny-sd35": 77 + 256, "tiny-flux": 512}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_pipe(kind):
@@ -514,3 +509,18 @@ def test_a_second_denoiser_call_per_step_keeps_the_prompts_maps(kind, extra_call
     first = extra.attention.token_maps(steps=[0])
     torch.testing.assert_close(first, plain.attention.token_maps(steps=[0]))
     assert not torch.equal(extra.latents[-1], plain.latents[-1])  # the extra call did change the run
+
+
+@pytest.mark.parametrize("kind", ["tiny", "tiny-sd3", "tiny-flux"])
+def test_the_token_grid_draws_every_token_of_77_and_the_prompt_of_longer_sequences(pipes, kind):
+    from sdexplore.plot.attention import default_positions, token_grid
+
+    run = sdexplore.trace(pipes[kind], PROMPT, seed=0, attention=True, **RUN)
+    figure = token_grid(run)
+    drawn = [ax for ax in figure.axes if ax.get_visible() and ax.images and ax.get_label() != "<colorbar>"]
+    expected = 77 if kind == "tiny" else len(default_positions(run.attention))
+    assert len(drawn) == expected and (kind == "tiny" or expected < TEXT_LENGTH[kind] // 4)
+    titles = [ax.get_title() for ax in drawn]
+    assert any(PROMPT.split()[1] in t for t in titles)  # a word of the prompt is among them
+    chosen = token_grid(run, positions=[0, 1])
+    assert len([ax for ax in chosen.axes if ax.get_visible() and ax.images and ax.get_label() != "<colorbar>"]) == 2

@@ -125,13 +125,27 @@ def word_overlay(run, word: str, *, steps=None, layers=None, prompt_index: int =
     return plot_word_overlay(run.images[prompt_index], word_map, label=word, **style)
 
 
-def token_grid(run, *, steps=None, layers=None, prompt_index: int = 0, negative: bool = False, **style) -> Figure:
-    """All 77 tokens' maps of one image, each labelled with its share of the attention."""
+ALL_TOKENS_UP_TO = 77  # longer text sequences (SD3's 77 + 256, Flux's 512) show their start, word and end tokens
+
+
+def token_grid(run, *, positions: list[int] | None = None, steps=None, layers=None, prompt_index: int = 0,
+               negative: bool = False, **style) -> Figure:
+    """Every token's map of one image (SD 1.x/2.x, SDXL: all 77), each labelled with its share of the attention.
+
+    positions: which positions of the text sequence to draw; default all of them up to 77 positions, and for
+    longer sequences (SD3, Flux) ``default_positions`` (start, word and end tokens, the first padding), with
+    the number left out in the title. Shares are of the whole sequence either way."""
     maps = run.attention
-    token_maps = maps.token_maps(steps, layers, negative=negative)[prompt_index]
-    shares = maps.token_share(steps, layers, negative=negative)[prompt_index]
+    if positions is None:
+        positions = list(range(maps.num_tokens)) if maps.num_tokens <= ALL_TOKENS_UP_TO else \
+            default_positions(maps, prompt_index, negative)
+        if len(positions) < maps.num_tokens and "title" not in style:
+            style["title"] = (f"{len(positions)} of {maps.num_tokens} positions: start, word and end tokens "
+                              "(padding left out)")
+    token_maps = maps.token_maps(steps, layers, negative=negative)[prompt_index][positions]
+    shares = maps.token_share(steps, layers, negative=negative)[prompt_index][positions]
     labels = maps.token_labels(prompt_index, negative=negative)
-    return plot_token_grid(token_maps, labels, shares=shares, **style)
+    return plot_token_grid(token_maps, [labels[p] for p in positions], shares=shares, **style)
 
 
 def step_token_grid(run, *, positions: list[int] | None = None, steps=None, max_steps: int = 8,
