@@ -108,3 +108,14 @@ def test_sd_recipe_trains_the_unet_on_clips_frozen_text_tower(tmp_path):
     with safe_open(str(tmp_path / "work" / "denoiser.safetensors"), framework="pt") as handle:
         assert not any(".text_encoder." in k or k.startswith("text_encoder.") for k in handle.keys())
     assert json.loads((out / "training.json").read_text())["config"]["text_encoder_from"] == str(tmp_path / "clip")
+
+
+def test_going_on_from_a_folder_keeps_that_folders_tokenizer(tmp_path):
+    """--init-from: the ids the text encoder was trained with are the folder's, even when today's
+    build_tokenizer() would number the words otherwise."""
+    tokenizer = build_tokenizer()
+    tokenizer.add_tokens(["zebra"])  # a folder whose tokenizer differs from a fresh one
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    loaded = train.load_tokenizer(replace(train.TEST_CONFIG, init_from=str(tmp_path)))
+    assert loaded("zebra", add_special_tokens=False).input_ids == [len(build_tokenizer())]
+    assert len(train.load_tokenizer(train.TEST_CONFIG)) == len(build_tokenizer())
