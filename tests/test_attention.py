@@ -443,3 +443,21 @@ def test_a_processor_that_calls_its_projections_twice_gets_them_recomputed(monke
     for name in standard.layer_names:
         for step in range(standard.num_steps):
             torch.testing.assert_close(twice.layer_map(name, step), standard.layer_map(name, step), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("scheduler", ["HeunDiscreteScheduler", "KDPM2DiscreteScheduler"])
+def test_second_order_schedulers_get_one_map_per_scheduler_step(scheduler):
+    """Heun and DPM2 call the denoiser twice per step (Heun at the same timestep, after a scheduler step): each
+    call is a step of the trace (2N - 1 of them) with its own maps, not merged as Flux's true-CFG calls are."""
+    import diffusers
+
+    pipe = sdexplore.tiny_pipeline("tiny")
+    pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
+    run = sdexplore.trace(pipe, PROMPT, seed=0, attention="per_layer", **FAST)
+    steps = 2 * FAST["num_inference_steps"] - 1
+    assert run.num_steps == run.attention.num_steps == steps
+    assert (run.timesteps[1] == run.timesteps[2]) == (scheduler == "HeunDiscreteScheduler")  # Heun repeats it
+    name = run.attention.layer_names[0]
+    assert not torch.equal(run.attention.layer_map(name, 1), run.attention.layer_map(name, 2))
+    plain = sdexplore.trace(pipe, PROMPT, seed=0, **FAST)
+    assert torch.equal(plain.latents, run.latents)

@@ -124,6 +124,7 @@ class AttentionRecorder:
         self._collector = _Collector(mode, keep, per_head)
         self._owner: int | None = None
         self._text_length: int | None = None
+        self._scheduler_step: int | None = None  # the scheduler's step_index when the current step began
         self._pixels_per_token = 1
         self._capturable: dict[type, str | None] = {}  # processor class → why it cannot be captured (None: it can)
 
@@ -188,11 +189,15 @@ class AttentionRecorder:
             _check_patches_inside(self.patches, grid)
             self._guard(sample.shape[0], grid)
         timestep = _timestep(inputs.get("timestep"))
-        if self._collector.timesteps and timestep == self._collector.timesteps[-1]:
-            # a second call at the same timestep (Flux's true-CFG negative call, SD3's skip-layer guidance):
-            # the step keeps the first call's maps, the prompt's; this call is not recorded
+        scheduler_step = getattr(self.pipe.scheduler, "step_index", None)  # None where a scheduler keeps none
+        if (self._collector.timesteps and timestep == self._collector.timesteps[-1]
+                and scheduler_step == self._scheduler_step):
+            # a second call at the same timestep before the scheduler stepped (Flux's true-CFG negative call,
+            # SD3's skip-layer guidance): the step keeps the first call's maps, the prompt's; this call is not
+            # recorded. Heun-type schedulers call again at the same timestep *after* a step: a step of its own.
             self._collector.end_step()
             return None
+        self._scheduler_step = scheduler_step
         self._collector.start_step(timestep, grid, self._guided())
         return None
 
