@@ -3,6 +3,7 @@
     python -m sdexplore.toy.train                      # full model -> runs/toy/model (resumable), ~2 h on 2 cores
     python -m sdexplore.toy.train --minutes 60         # fit the denoiser stage into another time budget
     python -m sdexplore.toy.train --init-from sdexplore/toy/weights --minutes 60   # go on from shipped weights
+    python -m sdexplore.toy.train --text-encoder-from sdexplore/toy/weights/clip   # SD's recipe (frozen CLIP tower)
 
 Two stages, each checkpointed to ``--workdir`` (safetensors + JSON, resumed automatically):
 1. the VAE learns to compress 64x64 world renders to 4x16x16 latents (L1 + MSE with object pixels
