@@ -75,14 +75,14 @@ def two_object_following(pipe, n: int = 48, seed: int = 0, both: bool = False) -
 def img2img_keeps_both(pipe, n: int = 48, seed: int = 0, strength: float = IMG2IMG_STRENGTH, batch: int = 16) -> dict:
     """Judge scores (``Judge.score_pairs``) after img2img at ``strength`` from n rendered two-object scenes,
     each prompted with its own canonical caption."""
-    from diffusers import StableDiffusionImg2ImgPipeline
     from PIL import Image
+
+    from ..models import as_img2img
 
     rng = np.random.default_rng([seed, 2])
     scenes = [world.sample_scene(rng, n_objects=2) for _ in range(n)]
     sources = [Image.fromarray(world.render(s, rng=rng).image) for s in scenes]
-    img2img = StableDiffusionImg2ImgPipeline(**pipe.components)
-    img2img.set_progress_bar_config(disable=True)
+    img2img = as_img2img(pipe)
     images = []
     for start in range(0, n, batch):
         out = img2img([world.canonical_prompt(s) for s in scenes[start:start + batch]],
