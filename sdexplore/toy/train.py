@@ -265,18 +265,15 @@ def train_denoiser(config: TrainConfig, latents: tuple[torch.Tensor, torch.Tenso
                    tokenizer, workdir: Path):
     mean, std, scaling = latents
     torch.manual_seed(config.seed + 1)
-    text_encoder = build_text_encoder(tokenizer, config.size)
+    frozen = bool(config.text_encoder_from)
+    text_encoder = frozen_text_tower(config.text_encoder_from) if frozen else build_text_encoder(tokenizer, config.size)
     unet = build_unet(config.size, latent_size=mean.shape[-1])
     if config.init_from:
         trained = Path(config.init_from)
-        if not config.text_encoder_from:
+        if not frozen:
             text_encoder.load_state_dict(CLIPTextModel.from_pretrained(trained / "text_encoder").state_dict())
         unet.load_state_dict(UNet2DConditionModel.from_pretrained(trained / "unet").state_dict())
-    if config.text_encoder_from:
-        text_encoder = frozen_text_tower(config.text_encoder_from)
-        modules = {"unet": unet}
-    else:
-        modules = {"text_encoder": text_encoder, "unet": unet}
+    modules = {"unet": unet} if frozen else {"text_encoder": text_encoder, "unet": unet}
     parameters = [p for module in modules.values() for p in module.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=config.unet_lr, weight_decay=0.01)
     scheduler = training_scheduler(config.prediction_type, config.zero_terminal_snr)
