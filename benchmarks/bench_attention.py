@@ -27,7 +27,7 @@ from common import (  # noqa: E402
     call_kwargs,
     generator,
     header,
-    interleaved_medians,
+    interleaved_times,
     make_pipeline,
     peak_extra,
     print_ratios,
@@ -108,7 +108,7 @@ def main(argv=None) -> None:
         makers[PEER] = peer_run
     elif missing:
         print(missing)
-    print_ratios(interleaved_medians(runs, args), args, pipe)
+    print_ratios(interleaved_times(runs, args), args, pipe)
     if not args.skip_memory:
         for name, make_run in makers.items():
             result = peak_extra(args, name, make_run)

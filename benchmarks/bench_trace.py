@@ -25,6 +25,7 @@ from common import (  # noqa: E402
     generator,
     header,
     interleaved_medians,
+    interleaved_times,
     make_pipeline,
     peak_extra,
     print_ratios,
@@ -48,7 +49,7 @@ def main(argv=None) -> None:
     kwargs = call_kwargs(args, pipe)
     runs = {"plain": lambda: pipe(PROMPT, generator=generator(args), **kwargs),
             "trace": traced_run(args, pipe)[0]}
-    print_ratios(interleaved_medians(runs, args), args, pipe)
+    print_ratios(interleaved_times(runs, args), args, pipe)
     if args.compile:
         pipe.unet = torch.compile(pipe.unet)
         compiled = {"plain (compiled UNet)": runs["plain"], "trace (compiled UNet)": runs["trace"]}

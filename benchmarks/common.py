@@ -180,25 +180,44 @@ def time_once(run, device: str) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_medians(runs: dict, args) -> dict[str, float]:
-    """{variant: median seconds}: one warm-up each, then ``args.runs`` rounds taking turns."""
+def interleaved_times(runs: dict, args) -> dict[str, list[float]]:
+    """{variant: seconds of each round}: one warm-up each, then ``args.runs`` rounds taking turns."""
     for run in runs.values():
         run()
     times = {name: [] for name in runs}
     for _ in range(args.runs):
         for name, run in runs.items():
             times[name].append(time_once(run, args.device))
-    return {name: statistics.median(seconds) for name, seconds in times.items()}
+    return times
 
 
-def print_ratios(medians: dict[str, float], args, pipe) -> None:
+def interleaved_medians(runs: dict, args) -> dict[str, float]:
+    """{variant: median seconds} of ``interleaved_times``."""
+    return {name: statistics.median(seconds) for name, seconds in interleaved_times(runs, args).items()}
+
+
+def paired_ratios(times: dict[str, list[float]], name: str) -> list[float]:
+    """Round by round, ``name``'s time over the plain run's of the same round: a machine that slows down for a
+    while slows both, so these move less than the medians do on a shared machine."""
+    return [seconds / plain for seconds, plain in zip(times[name], times["plain"])]
+
+
+def print_ratios(times: dict[str, list[float]], args, pipe) -> None:
+    """Median time of each variant, its ratio to plain's median, and the median (and quartiles) of the paired
+    round-by-round ratios."""
     kwargs = call_kwargs(args, pipe)
     print(f"time: {kwargs['height']}x{kwargs['width']}, {args.steps} steps, CFG {GUIDANCE}, "
-          f"median of {args.runs} interleaved runs")
-    plain = medians["plain"]
-    for name, seconds in medians.items():
-        ratio = "" if name == "plain" else f"   ratio to plain {seconds / plain:.3f}"
-        print(f"  {name:<24} {seconds * 1000:9.1f} ms{ratio}")
+          f"median of {args.runs} interleaved runs; paired: median [quartiles] of the rounds' own ratios")
+    plain = statistics.median(times["plain"])
+    for name, seconds in times.items():
+        median = statistics.median(seconds)
+        ratio = ""
+        if name != "plain":
+            paired = paired_ratios(times, name)
+            low, _, high = statistics.quantiles(paired, n=4) if len(paired) > 1 else (paired[0],) * 3
+            ratio = (f"   ratio to plain {median / plain:.3f}   paired {statistics.median(paired):.3f} "
+                     f"[{low:.3f}, {high:.3f}]")
+        print(f"  {name:<24} {median * 1000:9.1f} ms{ratio}")
 
 
 def header(args) -> str:

@@ -28,8 +28,14 @@ def test_the_random_pipelines_have_the_real_models_layout():
 def test_bench_trace_prints_the_ratio_and_the_memory(capsys):
     bench_trace.main(TINY)
     out = capsys.readouterr().out
-    assert re.search(r"trace\s+[\d.]+ ms\s+ratio to plain \d+\.\d{3}", out)
+    assert re.search(r"trace\s+[\d.]+ ms\s+ratio to plain \d+\.\d{3}\s+paired \d+\.\d{3} \[\d+\.\d{3}, \d+\.\d{3}\]",
+                     out), out
     assert re.search(r"memory: trace adds -?[\d.]+ MB", out)
+
+
+def test_paired_ratios_divide_each_round_by_its_own_plain_run():
+    times = {"plain": [1.0, 2.0, 1.0], "trace": [1.1, 2.2, 1.05]}  # the machine was twice as slow in round 2
+    assert common.paired_ratios(times, "trace") == pytest.approx([1.1, 1.1, 1.05])
 
 
 def test_bench_attention_prints_each_mode_against_plain(capsys):
