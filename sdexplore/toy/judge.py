@@ -244,7 +244,6 @@ class Judge:
             "n": len(truth),
         }
 
-
     def predict_pair(self, image: np.ndarray, positions: tuple[str, str]) -> list[dict[str, str]]:
         """uint8 [H, W, 3] of a pair scene -> [{kind, color, position}] for the half of each stated position.
 

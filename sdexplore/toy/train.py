@@ -293,7 +293,7 @@ def train_denoiser(config: TrainConfig, latents: tuple[torch.Tensor, torch.Tenso
         noisy = scheduler.add_noise(x0, noise, timesteps)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, state["total"], config.unet_lr, config.warmup)
-        with torch.set_grad_enabled(text_encoder.training):
+        with torch.set_grad_enabled(not frozen):  # a frozen tower needs no graph
             encoder_states = text_encoder(ids)[0]
         prediction = unet(noisy, timesteps, encoder_states).sample
         target = training_target(scheduler, x0, noise, timesteps)

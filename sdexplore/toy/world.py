@@ -224,6 +224,12 @@ def _sample_object(rng, position: str, size: str, background: str, exclude) -> O
     raise ValueError(f"no object at {position} on {background} passes the exclude filter")
 
 
+def _pair_places(rng: np.random.Generator) -> tuple[str, str]:
+    """The two places of a pair scene: left/right or top/bottom, in a random order."""
+    pair = _pick(rng, (("left", "right"), ("top", "bottom")))
+    return pair[::-1] if rng.random() < 0.5 else pair
+
+
 def sample_scene(
     rng: np.random.Generator,
     *,
@@ -244,10 +250,7 @@ def sample_scene(
     if n_objects == 1:
         placements = [(_pick(rng, POSITIONS), _pick(rng, SIZES))]
     else:
-        pair = _pick(rng, (("left", "right"), ("top", "bottom")))
-        if rng.random() < 0.5:
-            pair = pair[::-1]
-        placements = [(p, "small") for p in pair]
+        placements = [(p, "small") for p in _pair_places(rng)]
     objects = [_sample_object(rng, pos, size, background, exclude) for pos, size in placements]
     return SceneSpec(objects, background)
 
@@ -300,8 +303,7 @@ def held_out_pairs(n: int, seed: int = 0, *, both: bool = False) -> list[SceneSp
     rng = np.random.default_rng(seed)
     scenes = []
     while len(scenes) < n:
-        pair = _pick(rng, (("left", "right"), ("top", "bottom")))
-        pair = pair[::-1] if rng.random() < 0.5 else pair
+        pair = _pair_places(rng)
         held = {0, 1} if both else {int(rng.random() * 2)}
         background = _pick(rng, BACKGROUNDS)
         try:
