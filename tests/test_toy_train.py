@@ -110,6 +110,31 @@ def test_sd_recipe_trains_the_unet_on_clips_frozen_text_tower(tmp_path):
     assert json.loads((out / "training.json").read_text())["config"]["text_encoder_from"] == str(tmp_path / "clip")
 
 
+def test_a_truncated_tower_is_the_clips_earlier_layer_through_its_final_norm(tmp_path):
+    """--text-layers N (SD 2's penultimate layer): the text encoder's output is the full tower's hidden
+    state after layer N, through the final layer norm; impossible counts and a missing CLIP are refused."""
+    from sdexplore.toy import clip as toy_clip
+
+    tokenizer = build_tokenizer()
+    clip = toy_clip.build_clip(tokenizer, size=train.TEST_CONFIG.size, config=toy_clip.ClipTrainConfig(patch=8))
+    clip.save_pretrained(tmp_path / "clip")
+    layers = clip.config.text_config.num_hidden_layers
+    ids = tokenizer(["a red ball on the left"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        hidden = clip.text_model(input_ids=ids, output_hidden_states=True).hidden_states
+        for keep in range(1, layers + 1):
+            tower = train.frozen_text_tower(tmp_path / "clip", keep)
+            assert tower.config.num_hidden_layers == keep and not any(p.requires_grad for p in tower.parameters())
+            expected = clip.text_model.final_layer_norm(hidden[keep])
+            torch.testing.assert_close(tower(ids)[0], expected, rtol=0, atol=1e-6)
+    for bad in (0, layers + 1):
+        with pytest.raises(ValueError, match=f"has {layers} text layers"):
+            train.frozen_text_tower(tmp_path / "clip", bad)
+    with pytest.raises(ValueError, match="give text_encoder_from"):
+        train.train(replace(train.TEST_CONFIG, text_layers=1), out=tmp_path / "out", workdir=tmp_path / "work")
+    assert not (tmp_path / "work").exists()
+
+
 def test_going_on_from_a_folder_keeps_that_folders_tokenizer(tmp_path):
     """--init-from: the ids the text encoder was trained with are the folder's, even when today's
     build_tokenizer() would number the words otherwise."""

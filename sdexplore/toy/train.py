@@ -13,6 +13,7 @@ Two stages, each checkpointed to ``--workdir`` (safetensors + JSON, resumed auto
    classifier-free guidance), min-SNR loss weighting (gamma 5). Its text encoder is either
    - SD's recipe (``--text-encoder-from`` a toy CLIP folder, see ``toy.clip``): CLIP's text tower,
      frozen, with CLIP's tokenizer: "not learned in Stable Diffusion ... used without modification";
+     ``--text-layers N`` keeps its first N layers, as SD 2 reads OpenCLIP's penultimate layer;
    - or (no ``--text-encoder-from``) a text encoder trained together with the UNet, as toy v1 was.
 ``--init-from`` starts stage 2 from a trained diffusers folder (its VAE is kept, not retrained; its UNet
 is the starting point; its tokenizer is used unless a CLIP gives its own).
@@ -77,6 +78,7 @@ class TrainConfig:
     zero_terminal_snr: bool = True
     init_from: str | None = None  # a trained diffusers folder: stage 2 starts from its weights, its VAE is kept
     text_encoder_from: str | None = None  # a toy CLIP folder: its text tower is the frozen text encoder (SD's recipe)
+    text_layers: int | None = None  # keep only the tower's first N layers (SD 2 keeps all but the last); None: all
     pair_share: float = world.PAIR_SHARE  # share of training scenes with two objects
     minutes: float | None = 95.0  # time budget for stage 2 (fitted after a warm-up); 0 or None: run unet_steps
     checkpoint_every: int = 200
@@ -236,11 +238,24 @@ def load_tokenizer(config: TrainConfig):
     return build_tokenizer()
 
 
-def frozen_text_tower(clip_folder: str | os.PathLike) -> CLIPTextModel:
-    """CLIPModel's text tower as a CLIPTextModel (input ids [B, 77] -> hidden states [B, 77, width]), frozen."""
+def frozen_text_tower(clip_folder: str | os.PathLike, layers: int | None = None) -> CLIPTextModel:
+    """CLIPModel's text tower as a CLIPTextModel (input ids [B, 77] -> hidden states [B, 77, width]), frozen.
+
+    ``layers``: keep only the first N transformer layers, then the final layer norm, as SD 2 reads OpenCLIP's
+    penultimate layer (diffusers ships its text encoder with 23 of 24 layers). CLIP's loss reads only the
+    end token of the last layer, so the last layer's other tokens are never trained to mean their word.
+    """
     clip = CLIPModel.from_pretrained(clip_folder)
-    text_encoder = CLIPTextModel(clip.config.text_config)
-    text_encoder.load_state_dict(clip.text_model.state_dict())  # same parameter names in transformers 5
+    total = clip.config.text_config.num_hidden_layers
+    layers = total if layers is None else layers
+    if not 1 <= layers <= total:
+        raise ValueError(f"text_layers={layers}: the CLIP in {clip_folder} has {total} text layers; use 1..{total}")
+    config = clip.config.text_config
+    config.num_hidden_layers = layers
+    text_encoder = CLIPTextModel(config)
+    kept = {k: v for k, v in clip.text_model.state_dict().items()
+            if not k.startswith("encoder.layers.") or int(k.split(".")[2]) < layers}
+    text_encoder.load_state_dict(kept)  # same parameter names in transformers 5
     return text_encoder.eval().requires_grad_(False)
 
 
@@ -266,7 +281,10 @@ def train_denoiser(config: TrainConfig, latents: tuple[torch.Tensor, torch.Tenso
     mean, std, scaling = latents
     torch.manual_seed(config.seed + 1)
     frozen = bool(config.text_encoder_from)
-    text_encoder = frozen_text_tower(config.text_encoder_from) if frozen else build_text_encoder(tokenizer, config.size)
+    if frozen:
+        text_encoder = frozen_text_tower(config.text_encoder_from, config.text_layers)
+    else:
+        text_encoder = build_text_encoder(tokenizer, config.size)
     unet = build_unet(config.size, latent_size=mean.shape[-1])
     if config.init_from:
         trained = Path(config.init_from)
@@ -326,6 +344,8 @@ def train(config: TrainConfig, out: Path = DEFAULT_OUT, workdir: Path = Path("ru
 
     A model already in ``out`` is never replaced unless ``overwrite``: checked before any training.
     """
+    if config.text_layers is not None and not config.text_encoder_from:
+        raise ValueError("text_layers chooses layers of a frozen CLIP tower: give text_encoder_from too")
     if (Path(out) / "model_index.json").exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a model; pass another --out, or --overwrite to replace it")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -380,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unet-lr", type=float, default=None)
     parser.add_argument("--text-encoder-from", default=None,
                         help="a toy CLIP folder: its text tower, frozen, is the text encoder (SD's recipe)")
+    parser.add_argument("--text-layers", type=int, default=None,
+                        help="with --text-encoder-from: keep the tower's first N layers (SD 2: all but the last)")
     parser.add_argument("--pair-share", type=float, default=None, help="share of two-object training scenes")
     parser.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     parser.add_argument("--test", action="store_true", help="a tiny config that runs in seconds (for tests)")
@@ -388,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"seed": args.seed, "init_from": args.init_from, "text_encoder_from": args.text_encoder_from}
     overrides.update({k: v for k, v in (("unet_steps", args.unet_steps), ("vae_steps", args.vae_steps),
                                          ("unet_lr", args.unet_lr), ("minutes", args.minutes),
-                                         ("pair_share", args.pair_share)) if v is not None})
+                                         ("pair_share", args.pair_share), ("text_layers", args.text_layers))
+                      if v is not None})
     try:
         train(replace(config, **overrides), out=args.out, workdir=args.workdir, overwrite=args.overwrite)
     except FileExistsError as error:
