@@ -291,6 +291,33 @@ def test_steps_layers_heads_and_words(pipes, layered):
     torch.testing.assert_close(share.sum(1), torch.ones(1))
 
 
+def test_steps_are_resized_after_the_run_each_to_its_own_maps(pipes, monkeypatch):
+    """aggregate keeps each step's layer sums at their grids during the run (no resize between steps) and
+    resizes them afterwards, several steps at once: each step still gets its own maps."""
+    from sdexplore.capture import attention as recorder
+
+    resized, seen_at_step_start = [], []
+    upsample, start_step = recorder.upsample_layer_maps, recorder._Collector.start_step
+
+    def counting_upsample(maps, size):
+        resized.append(maps.shape)
+        return upsample(maps, size)
+
+    def start(self, *args):
+        seen_at_step_start.append(len(resized))
+        return start_step(self, *args)
+
+    monkeypatch.setattr(recorder, "upsample_layer_maps", counting_upsample)
+    monkeypatch.setattr(recorder._Collector, "start_step", start)
+    options = {**FAST, "num_inference_steps": 11}
+    run = sdexplore.trace(pipes["tiny"], PROMPT, seed=0, attention=True, **options)
+    assert seen_at_step_start == [0] * 11 and resized  # nothing resized until the last step was over
+    assert max(shape[0] for shape in resized) == 8  # steps resized together (8 at a time, then the other 3)
+    monkeypatch.undo()
+    layered = sdexplore.trace(pipes["tiny"], PROMPT, seed=0, attention="per_layer", **options)
+    torch.testing.assert_close(run.attention.step_maps(), layered.attention.step_maps(), atol=2e-3, rtol=0)
+
+
 def test_summed_keeps_the_mean_over_steps(pipes, run):
     summed = sdexplore.trace(pipes["tiny"], PROMPT, seed=0, attention=True, attention_options={"keep": "summed"},
                              **FAST).attention
