@@ -90,6 +90,20 @@ def test_zero_shot_gates_on_held_out_scenes():
     assert kind >= 0.6
 
 
+def test_the_kind_word_mixes_with_its_caption_more_with_every_clip_layer():
+    """README (SD's recipe): after each layer of the toy CLIP's text tower, the kind word's state looks more
+    like its whole caption; the text encoder trained with the UNet mixes less at its last layer."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    clip, processor = clip_gates.load_toy_clip()
+    mixing = clip_gates.word_mixing(clip.text_model, processor.tokenizer)
+    assert len(mixing) == 3 and mixing[0] < mixing[1] < mixing[2]
+    assert mixing == pytest.approx([0.61, 0.73, 0.82], abs=0.01)
+    shipped = CLIPTextModel.from_pretrained(TOY_TEXT_ENCODER)
+    tokenizer = CLIPTokenizer.from_pretrained(TOY_TEXT_ENCODER.parent / "tokenizer")
+    assert clip_gates.word_mixing(shipped, tokenizer)[-1] < mixing[0]
+
+
 def test_five_images_five_captions_pairs_on_the_diagonal():
     similarity = _gate_results()["similarity"]
     assert similarity.shape == (5, 5)

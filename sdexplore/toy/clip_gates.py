@@ -119,6 +119,38 @@ def pairs_on_diagonal(similarity: torch.Tensor) -> float:
     return float((rows & cols).float().mean())
 
 
+def word_mixing(text_model, tokenizer, n: int = 600, seed: int = 0) -> list[float]:
+    """How much the kind word's hidden state looks like its whole caption, after each layer of a text tower.
+
+    For n one-object world captions: the mean cosine between the state at the kind word (e.g. "ball") and
+    the mean state of the caption's words, after each layer (through the final layer norm), layer 1 first.
+    Near 1: the word's state says what the whole caption says, so a UNet's cross-attention map of that word
+    spreads over the picture. (CLIP's loss reads only the end token after the last layer: the last layer's
+    other outputs feed nothing the loss sees.) text_model: a CLIPTextModel or CLIPModel.text_model."""
+    rng = np.random.default_rng(seed)
+    scenes = [world.sample_scene(rng, n_objects=1) for _ in range(n)]
+    captions = [world.caption(scene, rng) for scene in scenes]
+    tokens = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    inner = getattr(text_model, "text_model", text_model)
+    with torch.no_grad():
+        hidden = inner(input_ids=tokens.input_ids, output_hidden_states=True).hidden_states[1:]
+        kind_ids = {kind: tokenizer(kind, add_special_tokens=False).input_ids[-1] for kind in world.KINDS}
+        rows, positions, lengths = [], [], []
+        for row, (ids, scene) in enumerate(zip(tokens.input_ids.tolist(), scenes)):
+            wanted = kind_ids[scene.objects[0].kind]
+            if wanted in ids:
+                rows.append(row)
+                positions.append(ids.index(wanted))
+                lengths.append(int(tokens.attention_mask[row].sum()))
+        mixing = []
+        for states in hidden:
+            states = inner.final_layer_norm(states)
+            word = states[rows, positions]  # [N, width]
+            means = torch.stack([states[r, 1:length - 1].mean(0) for r, length in zip(rows, lengths)])
+            mixing.append(float(torch.nn.functional.cosine_similarity(word, means).mean()))
+    return mixing
+
+
 def measure_all(clip, tokenizer, n: int = 300) -> dict:
     results = zero_shot(clip, tokenizer, n=n)
     results["pairs_on_diagonal"] = pairs_on_diagonal(similarity_matrix(clip, tokenizer)["similarity"])
