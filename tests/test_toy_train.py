@@ -132,6 +132,9 @@ def test_a_truncated_tower_is_the_clips_earlier_layer_through_its_final_norm(tmp
             train.frozen_text_tower(tmp_path / "clip", bad)
     with pytest.raises(ValueError, match="give text_encoder_from"):
         train.train(replace(train.TEST_CONFIG, text_layers=1), out=tmp_path / "out", workdir=tmp_path / "work")
+    with pytest.raises(SystemExit):
+        train.main(["--test", "--text-layers", "1", "--out", str(tmp_path / "out"),
+                    "--workdir", str(tmp_path / "work")])
     assert not (tmp_path / "work").exists()
 
 

@@ -243,7 +243,7 @@ def frozen_text_tower(clip_folder: str | os.PathLike, layers: int | None = None)
 
     ``layers``: keep only the first N transformer layers, then the final layer norm, as SD 2 reads OpenCLIP's
     penultimate layer (diffusers ships its text encoder with 23 of 24 layers). CLIP's loss reads only the
-    end token of the last layer, so the last layer's other tokens are never trained to mean their word.
+    end token after the last layer, so the last layer's outputs at the other tokens feed nothing it sees.
     """
     clip = CLIPModel.from_pretrained(clip_folder)
     total = clip.config.text_config.num_hidden_layers
@@ -406,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     parser.add_argument("--test", action="store_true", help="a tiny config that runs in seconds (for tests)")
     args = parser.parse_args(argv)
+    if args.text_layers is not None and not args.text_encoder_from:
+        parser.error("--text-layers chooses layers of a frozen CLIP tower: give --text-encoder-from too")
     config = TEST_CONFIG if args.test else TrainConfig()
     overrides = {"seed": args.seed, "init_from": args.init_from, "text_encoder_from": args.text_encoder_from}
     overrides.update({k: v for k, v in (("unet_steps", args.unet_steps), ("vae_steps", args.vae_steps),
