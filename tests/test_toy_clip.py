@@ -48,6 +48,26 @@ def test_training_is_seeded_and_resumes_where_it_stopped(tmp_path, monkeypatch):
         _train(tmp_path, "whole")
 
 
+def test_going_on_with_another_patch_size_keeps_all_but_the_patch_embeddings():
+    from sdexplore.toy.model import SMALL, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    eight = toy_clip.build_clip(tokenizer, size=SMALL, config=toy_clip.ClipTrainConfig(patch=8))
+    four = toy_clip.build_clip(tokenizer, size=SMALL, config=toy_clip.ClipTrainConfig(patch=4))
+    fresh = toy_clip.load_matching(four, eight.state_dict())
+    assert sorted(fresh) == ["vision_model.embeddings.patch_embedding.weight",
+                             "vision_model.embeddings.position_embedding.weight"]
+    theirs, ours = eight.state_dict(), four.state_dict()
+    for name in theirs:
+        if name not in fresh:
+            torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=0, msg=name)
+    wider = toy_clip.build_clip(tokenizer, size=SMALL, config=toy_clip.ClipTrainConfig(patch=8, projection_dim=64))
+    with pytest.raises(ValueError, match="projection"):
+        toy_clip.load_matching(wider, eight.state_dict())
+    with pytest.raises(ValueError, match="divisor"):
+        toy_clip.build_clip(tokenizer, size=SMALL, config=toy_clip.ClipTrainConfig(patch=7))
+
+
 def test_processor_matches_the_training_pixels():
     processor = toy_clip.build_processor(build_tokenizer())
     images, _, _ = world.make_dataset(3, seed=5)

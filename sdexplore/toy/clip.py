@@ -88,6 +88,9 @@ def build_clip(tokenizer, size: ToySize = FULL, config: ClipTrainConfig | None =
     """A random CLIPModel: text tower shaped like ``model.build_text_encoder``'s, image tower a ViT of the
     same width on ``config.patch``-pixel patches; both project to ``config.projection_dim``."""
     config = config or ClipTrainConfig()
+    if config.patch < 1 or size.image % config.patch:
+        raise ValueError(f"patch={config.patch}: the image tower's patches must tile the {size.image}-pixel "
+                         "renders; use a divisor of it (2, 4, 8, 16, ...)")
     text = dict(vocab_size=len(tokenizer), hidden_size=size.text_width, intermediate_size=2 * size.text_width,
                 num_hidden_layers=size.text_layers, num_attention_heads=4, max_position_embeddings=77,
                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -100,6 +103,23 @@ def build_clip(tokenizer, size: ToySize = FULL, config: ClipTrainConfig | None =
     with torch.no_grad():  # the class token keeps its random start; patches get fixed-pattern starts
         clip.vision_model.embeddings.position_embedding.weight[1:] = sincos_positions(size.text_width, grid)
     return clip
+
+
+def load_matching(clip: CLIPModel, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load a trained toy CLIP's tensors into ``clip``; returns the names that keep their fresh start.
+
+    Only the image tower's patch and position embeddings may differ in shape (a run that changes the patch
+    size goes on from a CLIP trained with another); any other difference is an error naming the tensor.
+    """
+    own = clip.state_dict()
+    fresh = [name for name, tensor in state.items() if name in own and own[name].shape != tensor.shape]
+    wrong = [name for name in fresh if not name.startswith("vision_model.embeddings.")]
+    if wrong or own.keys() != state.keys():
+        differ = wrong or sorted(set(own) ^ set(state))
+        raise ValueError(f"this CLIP cannot go on from the given one: {', '.join(differ[:5])} differ(s); only "
+                         "the image tower's patch and position embeddings may change (--patch)")
+    clip.load_state_dict({name: tensor for name, tensor in state.items() if name not in fresh}, strict=False)
+    return fresh
 
 
 def sincos_positions(width: int, grid: int) -> torch.Tensor:
@@ -259,7 +279,9 @@ def train_clip(config: ClipTrainConfig, out: Path = DEFAULT_OUT, workdir: Path =
         source = CLIPTextModel.from_pretrained(config.init_text_from).state_dict()  # 'text_model.' or not,
         clip.text_model.load_state_dict({k.removeprefix("text_model."): v for k, v in source.items()})  # by version
     if config.init_from:
-        clip.load_state_dict(CLIPModel.from_pretrained(config.init_from).state_dict())
+        fresh = load_matching(clip, CLIPModel.from_pretrained(config.init_from).state_dict())
+        if fresh:
+            print(f"from {config.init_from}: all but {', '.join(fresh)} (another patch size: these start fresh)")
     clip = clip.to(device)
     decay = [p for n, p in clip.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     other = [p for n, p in clip.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -335,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="start the text tower from this CLIPTextModel folder (e.g. the toy text_encoder)")
     parser.add_argument("--init-from", default=None, help="a toy CLIP folder to go on training from")
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--patch", type=int, default=None, help="the image tower's patch size in pixels (default 8)")
     parser.add_argument("--twin-weights", type=float, nargs=3, default=None, metavar=("POSITION", "KIND", "COLOUR"),
                         help="how often a hard-negative twin changes each (default 1 1 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
@@ -346,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.twin_weights:
         overrides["twin_weights"] = tuple(args.twin_weights)
     overrides.update({k: v for k, v in (("steps", args.steps), ("minutes", args.minutes),
-                                         ("threads", args.threads), ("lr", args.lr)) if v is not None})
+                                         ("threads", args.threads), ("lr", args.lr), ("patch", args.patch))
+                      if v is not None})
     workdir = args.workdir or args.out.with_name(args.out.name + "-work")
     try:
         out = train_clip(replace(config, **overrides), out=args.out, workdir=workdir, device=args.device,
