@@ -68,6 +68,14 @@ def test_going_on_with_another_patch_size_keeps_all_but_the_patch_embeddings():
         toy_clip.build_clip(tokenizer, size=SMALL, config=toy_clip.ClipTrainConfig(patch=7))
 
 
+def test_a_clip_that_cannot_be_built_fails_before_the_scenes_are_rendered(tmp_path, monkeypatch):
+    rendered = []
+    monkeypatch.setattr(world, "make_dataset", lambda *args, **kwargs: rendered.append(1))
+    with pytest.raises(ValueError, match="divisor"):
+        _train(tmp_path, "bad", patch=7)
+    assert not rendered
+
+
 def test_processor_matches_the_training_pixels():
     processor = toy_clip.build_processor(build_tokenizer())
     images, _, _ = world.make_dataset(3, seed=5)

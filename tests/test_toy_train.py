@@ -130,6 +130,9 @@ def test_a_truncated_tower_is_the_clips_earlier_layer_through_its_final_norm(tmp
     for bad in (0, layers + 1):
         with pytest.raises(ValueError, match=f"has {layers} text layers"):
             train.frozen_text_tower(tmp_path / "clip", bad)
+    with pytest.raises(ValueError, match=f"has {layers} text layers"):  # before rendering, or the VAE stage
+        train.train(replace(train.TEST_CONFIG, text_encoder_from=str(tmp_path / "clip"), text_layers=layers + 1),
+                    out=tmp_path / "out", workdir=tmp_path / "work")
     with pytest.raises(ValueError, match="give text_encoder_from"):
         train.train(replace(train.TEST_CONFIG, text_layers=1), out=tmp_path / "out", workdir=tmp_path / "work")
     with pytest.raises(SystemExit):

@@ -269,9 +269,7 @@ def train_clip(config: ClipTrainConfig, out: Path = DEFAULT_OUT, workdir: Path =
     torch.set_num_threads(config.threads)
     started = time.time()
     tokenizer = build_tokenizer()
-    images, _, scenes = world.make_dataset(config.images, seed=config.seed)  # held-out combos excluded
-    pixels = pixel_values(images)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # the model first: a bad patch or --init-from fails before the rendering
     clip = build_clip(tokenizer, config=config)
     if config.init_text_from:
         from transformers import CLIPTextModel
@@ -282,6 +280,8 @@ def train_clip(config: ClipTrainConfig, out: Path = DEFAULT_OUT, workdir: Path =
         fresh = load_matching(clip, CLIPModel.from_pretrained(config.init_from).state_dict())
         if fresh:
             print(f"from {config.init_from}: all but {', '.join(fresh)} (another patch size: these start fresh)")
+    images, _, scenes = world.make_dataset(config.images, seed=config.seed)  # held-out combos excluded (numpy)
+    pixels = pixel_values(images)
     clip = clip.to(device)
     decay = [p for n, p in clip.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     other = [p for n, p in clip.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]

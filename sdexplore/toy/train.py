@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
-from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPConfig, CLIPModel, CLIPTextModel, CLIPTokenizer
 
 from . import world
 from .folder import LATENT_RGB_IMAGES, make_standard
@@ -238,6 +238,15 @@ def load_tokenizer(config: TrainConfig):
     return build_tokenizer()
 
 
+def check_text_layers(clip_folder: str | os.PathLike, layers: int | None) -> int:
+    """How many of the CLIP's text layers to keep (all for None); ValueError naming the range otherwise."""
+    total = CLIPConfig.from_pretrained(clip_folder).text_config.num_hidden_layers
+    layers = total if layers is None else layers
+    if not 1 <= layers <= total:
+        raise ValueError(f"text_layers={layers}: the CLIP in {clip_folder} has {total} text layers; use 1..{total}")
+    return layers
+
+
 def frozen_text_tower(clip_folder: str | os.PathLike, layers: int | None = None) -> CLIPTextModel:
     """CLIPModel's text tower as a CLIPTextModel (input ids [B, 77] -> hidden states [B, 77, width]), frozen.
 
@@ -246,10 +255,7 @@ def frozen_text_tower(clip_folder: str | os.PathLike, layers: int | None = None)
     end token after the last layer, so the last layer's outputs at the other tokens feed nothing it sees.
     """
     clip = CLIPModel.from_pretrained(clip_folder)
-    total = clip.config.text_config.num_hidden_layers
-    layers = total if layers is None else layers
-    if not 1 <= layers <= total:
-        raise ValueError(f"text_layers={layers}: the CLIP in {clip_folder} has {total} text layers; use 1..{total}")
+    layers = check_text_layers(clip_folder, layers)
     config = clip.config.text_config
     config.num_hidden_layers = layers
     text_encoder = CLIPTextModel(config)
@@ -346,6 +352,8 @@ def train(config: TrainConfig, out: Path = DEFAULT_OUT, workdir: Path = Path("ru
     """
     if config.text_layers is not None and not config.text_encoder_from:
         raise ValueError("text_layers chooses layers of a frozen CLIP tower: give text_encoder_from too")
+    if config.text_encoder_from:  # before any rendering or training, not after the VAE stage
+        check_text_layers(config.text_encoder_from, config.text_layers)
     if (Path(out) / "model_index.json").exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a model; pass another --out, or --overwrite to replace it")
     workdir.mkdir(parents=True, exist_ok=True)
