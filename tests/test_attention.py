@@ -1,5 +1,6 @@
 """Cross-attention maps on SD1/2 (issues 3 and 15): capture, correctness, access, saving, pictures, bad input."""
 
+import inspect
 import io
 
 import matplotlib
@@ -149,6 +150,24 @@ def test_mask_and_upcast_are_respected():
     values = layer.to_v(text).unflatten(-1, (2, 8)).transpose(1, 2)
     output = layer.to_out[0]((probs @ values).transpose(1, 2).flatten(2))
     torch.testing.assert_close(output, expected)
+
+
+def test_bind_inputs_names_arguments_as_the_signature_binds_them():
+    def forward(hidden_states, encoder_hidden_states=None, attention_mask=None, **cross_attention_kwargs):
+        return None
+
+    def star(hidden_states, *more, scale=1.0):
+        return None
+
+    module = torch.nn.Module()
+    for function, args, kwargs in ((forward, (1,), {}), (forward, (1, 2), {"attention_mask": 3}),
+                                   (forward, (), {"hidden_states": 1, "encoder_hidden_states": 2}),
+                                   (forward, (1,), {"temb": 4, "scale": 5}), (star, (1, 2, 3), {"scale": 2.0}),
+                                   (star, (1,), {})):
+        signature = inspect.signature(function)
+        bound = dict(signature.bind_partial(*args, **kwargs).arguments)
+        bound.update(bound.pop("cross_attention_kwargs", None) or {})
+        assert bind_inputs(module, args, kwargs, signature) == bound, (function.__name__, args, kwargs)
 
 
 # --- processors in place and put back ---------------------------------------------------------

@@ -123,6 +123,7 @@ class AttentionRecorder:
         self._text_encoder_ids: list[torch.Tensor] = []
         self._collector = _Collector(mode, keep, per_head)
         self._owner: int | None = None
+        self._denoiser_signature: inspect.Signature | None = None  # bound once, on the first call
         self._text_length: int | None = None
         self._scheduler_step: int | None = None  # the scheduler's step_index when the current step began
         self._pixels_per_token = 1
@@ -180,7 +181,9 @@ class AttentionRecorder:
     def _before_denoiser(self, module, args, kwargs):
         if threading.get_ident() != self._owner:
             return None
-        inputs = bind_inputs(module, args, kwargs)
+        if self._denoiser_signature is None:
+            self._denoiser_signature = inspect.signature(module.forward)
+        inputs = bind_inputs(module, args, kwargs, self._denoiser_signature)
         sample = inputs.get("sample", inputs.get("hidden_states"))
         grid, self._pixels_per_token = _token_grid(module, sample, inputs)
         text = inputs.get("encoder_hidden_states")
@@ -435,7 +438,7 @@ class _Collector:
         self.layer_heads: dict[str, int] = {}
         self._series: dict[str, dict[str, _Series]] = {}
         self._guided = self._split = self.is_open = False
-        self._sums: dict[tuple[int, int], torch.Tensor] = {}  # aggregate: this step's sum per grid [b, n, T]
+        self._sums: dict[tuple, torch.Tensor] = {}  # aggregate: this step's head sums per (grid, heads) [b, n, T]
         self._count = 0
         self._unresized: list[tuple[int, dict, int, bool]] = []  # aggregate per_step: (step, sums, count, split)
         self._layers: dict[str, torch.Tensor] = {}  # per_layer: this step's maps
@@ -462,8 +465,9 @@ class _Collector:
             kept = probs if self.per_head else probs.mean(1, dtype=torch.float32)
             self._layers[name] = kept if self.summed else kept.to(torch.float16)  # as kept on the CPU
             return
-        heads_mean = probs.mean(1, dtype=torch.float32)  # [b, n, T]
-        self._sums[size] = heads_mean if size not in self._sums else self._sums[size].add_(heads_mean)
+        heads_sum = probs.sum(1, dtype=torch.float32)  # [b, n, T]; divided by the heads once, in _resized
+        key = (size, heads)
+        self._sums[key] = heads_sum if key not in self._sums else self._sums[key].add_(heads_sum)
         self._count += 1
 
     def add_relation(self, key: str, maps: torch.Tensor) -> None:
@@ -475,13 +479,14 @@ class _Collector:
             self._relations[key][1] += 1
 
     def _resized(self, sums: dict, count: int) -> torch.Tensor | None:
-        """The mean over layers [..., b, T, h, w] of per-grid layer sums {(hl, wl): [..., b, n, T]}. Layers of
-        one grid are summed first and upsampled once (one resize per grid instead of per layer; bicubic is
-        linear, so this is the mean of the upsampled maps but for where the clip at 0 acts)."""
+        """The mean over layers [..., b, T, h, w] of the layers' head means, from per-grid sums of the layers'
+        head sums {((hl, wl), heads): [..., b, n, T]}. Layers of one grid are summed first and upsampled once
+        (one resize per grid instead of per layer; bicubic is linear, so this is the mean of the upsampled
+        maps but for where the clip at 0 acts)."""
         total = None
-        for size, summed in sums.items():
+        for (size, heads), summed in sums.items():
             grid = upsample_layer_maps(summed.transpose(-2, -1).unflatten(-1, size), self.latent_size)
-            total = grid if total is None else total.add_(grid)
+            total = grid.div_(heads) if total is None else total.add_(grid, alpha=1 / heads)
         return None if total is None else total / count
 
     def _resize_unresized(self, steps_at_once: int = 8) -> None:

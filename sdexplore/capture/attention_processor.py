@@ -106,10 +106,27 @@ def uncapturable_reason(layer: AttentionLayer, trusted: tuple = ()) -> str | Non
 def bind_inputs(module: torch.nn.Module, args: tuple, kwargs: dict, signature=None) -> dict:
     """The module's forward arguments by name (hidden_states, encoder_hidden_states, attention_mask, ...);
     signature: inspect.signature(module.forward), when the caller keeps it."""
-    bound = (signature or inspect.signature(module.forward)).bind_partial(*args, **kwargs)
-    named = dict(bound.arguments)
-    named.update(named.pop("kwargs", None) or {})
+    signature = signature or inspect.signature(module.forward)
+    names = _positional_names(signature)
+    if len(args) <= len(names):  # what bind_partial gives for a valid call, without its checks (the call makes them)
+        named = dict(zip(names, args))
+        named.update(kwargs)
+        return named
+    named = dict(signature.bind_partial(*args, **kwargs).arguments)
+    for parameter in signature.parameters.values():  # **kwargs (whatever its name) flattened in
+        if parameter.kind == parameter.VAR_KEYWORD:
+            named.update(named.pop(parameter.name, None) or {})
     return named
+
+
+def _positional_names(signature: inspect.Signature) -> tuple[str, ...]:
+    """The names positional arguments bind to, in order (those before any ``*args``)."""
+    names = []
+    for parameter in signature.parameters.values():
+        if parameter.kind not in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            break
+        names.append(parameter.name)
+    return tuple(names)
 
 
 @dataclass
@@ -150,6 +167,11 @@ def queries_and_keys(layer: AttentionLayer, inputs: dict, rows: slice, text_leng
         if layer.kind != "cross":
             raise ValueError(f"projections can be reused for cross-attention layers only, not {layer.kind!r}")
         image_q, text_k = (_heads(output[rows], heads) for output in projected)
+        image_q, text_k = _norm(module, "norm_q", image_q), _norm(module, "norm_k", text_k)
+        return QueriesKeys(image_q=image_q.transpose(1, 2), image_k=None, text_q=None, text_k=text_k.transpose(1, 2),
+                           scale=_scale(module, image_q.shape[-1]), text_first=False,
+                           bias=_mask_bias(inputs.get("attention_mask"), rows, inputs["hidden_states"].shape[0],
+                                           heads))
     else:
         hidden = inputs["hidden_states"][rows]
         if layer.kind in ("cross", "self") and hidden.ndim == 4:  # [b, C, h, w] → [b, n, C]
@@ -177,13 +199,11 @@ def queries_and_keys(layer: AttentionLayer, inputs: dict, rows: slice, text_leng
     if rotary is not None and layer.kind in ("joint", "single"):
         image_q, text_q = _rotate(image_q, text_q, rotary, layer.text_first)
         image_k, text_k = _rotate(image_k, text_k, rotary, layer.text_first)
-    head_dim = image_q.shape[-1]
-    scale = getattr(module, "scale", None)
     return QueriesKeys(
         image_q=image_q.transpose(1, 2), image_k=None if image_k is None else image_k.transpose(1, 2),
         text_q=None if text_q is None else text_q.transpose(1, 2),
         text_k=None if text_k is None else text_k.transpose(1, 2),
-        scale=float(head_dim**-0.5 if scale is None else scale),
+        scale=_scale(module, image_q.shape[-1]),
         bias=_mask_bias(inputs.get("attention_mask"), rows, inputs["hidden_states"].shape[0], heads),
         text_first=layer.text_first,
     )
@@ -191,7 +211,7 @@ def queries_and_keys(layer: AttentionLayer, inputs: dict, rows: slice, text_leng
 
 def probabilities(queries: torch.Tensor, keys: torch.Tensor, scale: float, bias: torch.Tensor | None = None):
     """softmax(Q·Kᵀ·scale + bias) in float32: [b, heads, q, k] from queries [b, heads, q, d], keys [b, heads, k, d]."""
-    logits = torch.matmul(queries.float(), keys.float().transpose(-1, -2)) * scale
+    logits = torch.matmul(queries.float(), keys.float().transpose(-1, -2)).mul_(scale)
     if bias is not None:
         logits = logits + bias
     return logits.softmax(dim=-1)
@@ -263,6 +283,12 @@ def _text_states(layer: AttentionLayer, text):
 def _heads(states: torch.Tensor, heads: int) -> torch.Tensor:
     """[b, n, heads·d] → [b, n, heads, d]."""
     return states.unflatten(-1, (heads, states.shape[-1] // heads))
+
+
+def _scale(module, head_dim: int) -> float:
+    """The layer's softmax scale: its own ``scale``, else 1/sqrt(head_dim)."""
+    scale = getattr(module, "scale", None)
+    return float(head_dim**-0.5 if scale is None else scale)
 
 
 def _norm(module, attribute: str, states):
