@@ -76,6 +76,35 @@ def test_a_clip_that_cannot_be_built_fails_before_the_scenes_are_rendered(tmp_pa
     assert not rendered
 
 
+def test_fresh_batches_are_new_scenes_every_step_seeded_and_never_held_out():
+    config = toy_clip.ClipTrainConfig(batch=16, fresh=True)
+    first, first_captions = toy_clip.training_batch(None, None, 0, config)
+    again, again_captions = toy_clip.training_batch(None, None, 0, config)
+    second, _ = toy_clip.training_batch(None, None, 1, config)
+    assert first.shape == (16, 3, 64, 64) and len(first_captions) == 16
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    assert first_captions == again_captions
+    assert not torch.equal(first[:8], second[:8]), "each step draws its own scenes"
+
+
+def test_fresh_batches_never_draw_a_held_out_object(monkeypatch):
+    drawn, real = [], world.make_dataset
+    monkeypatch.setattr(world, "make_dataset", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
+    for step in range(20):
+        toy_clip.training_batch(None, None, step, toy_clip.ClipTrainConfig(batch=32, fresh=True))
+    objects = [obj for _, _, scenes in drawn for scene in scenes for obj in scene.objects]
+    assert len(objects) >= 20 * 16 and not any(world.is_held_out(obj) for obj in objects)
+
+
+def test_fresh_training_renders_nothing_up_front(tmp_path, monkeypatch):
+    sizes = []
+    real = world.make_dataset
+    monkeypatch.setattr(world, "make_dataset", lambda n, *a, **k: sizes.append(n) or real(n, *a, **k))
+    out = _train(tmp_path, "fresh", fresh=True)
+    assert sizes == [4] * 4, "one half-batch of new scenes per step, no dataset"
+    assert json.loads((out / "training.json").read_text())["config"]["fresh"] is True
+
+
 def test_processor_matches_the_training_pixels():
     processor = toy_clip.build_processor(build_tokenizer())
     images, _, _ = world.make_dataset(3, seed=5)

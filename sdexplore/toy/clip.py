@@ -23,7 +23,9 @@ the held-out (kind, colour, position) combinations left out, so the gates (``cli
 combinations the model never saw; every step draws fresh captions (templates, synonyms, word order). Half of
 each batch is hard negatives: each scene's twin with one thing changed (``twin_scene``). Without them, 600
 steps learned colour (97% zero-shot) but not position (21%, chance) nor cat vs kitten (kind 69%): random
-batches rarely hold two scenes that differ only there.
+batches rarely hold two scenes that differ only there. With ``--fresh`` every step draws new scenes instead
+of sampling the ``images`` rendered up front (rendering 64 scenes takes ~10 ms): with 20,000 fixed scenes the
+loss fell to ~0.1 while kind on held-out scenes stayed near 0.8, the image tower had learned the pictures.
 
 Checkpoints (safetensors + JSON) and ``log.jsonl`` go to ``--workdir``; a run resumes where it stopped.
 The result is a folder ``CLIPModel.from_pretrained`` and ``CLIPProcessor.from_pretrained`` read, with a
@@ -76,6 +78,7 @@ class ClipTrainConfig:
     init_text_from: str | None = None  # a CLIPTextModel folder of the text tower's shape to start the text tower from
     init_from: str | None = None  # a toy CLIP folder (train_clip's output) to go on training from
     twin_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # how often a twin changes position, kind, colour
+    fresh: bool = False  # every step draws new scenes instead of sampling the ``images`` rendered up front
 
 
 TEST_CONFIG = ClipTrainConfig(images=32, steps=3, batch=8, warmup=1, minutes=None, checkpoint_every=2, log_every=1)
@@ -236,13 +239,20 @@ def twin_scene(scene: world.SceneSpec, rng: np.random.Generator,
     return scene
 
 
-def training_batch(pixels: torch.Tensor, scenes: list, step: int, config) -> tuple[torch.Tensor, list[str]]:
+def training_batch(pixels: torch.Tensor | None, scenes: list | None, step: int,
+                   config) -> tuple[torch.Tensor, list[str]]:
     """Step ``step``'s batch: half dataset scenes, half their twins (``twin_scene``), each with a fresh caption.
 
     pixels [N, 3, H, W] (CLIP-normalised dataset images) -> (pixel values [B, 3, H, W], B captions).
+    With ``config.fresh`` the scenes are drawn for this step (``pixels`` and ``scenes`` are not used): no scene
+    is ever seen twice, so the image tower cannot learn the dataset's pictures by heart.
     """
     rng = np.random.default_rng([config.seed, 3, step])
-    indices = rng.integers(0, len(scenes), config.batch // 2)
+    if config.fresh:
+        images, _, scenes = world.make_dataset(config.batch // 2, seed=int(rng.integers(2**62)))
+        pixels, indices = pixel_values(images), np.arange(config.batch // 2)
+    else:
+        indices = rng.integers(0, len(scenes), config.batch // 2)
     twins = [twin_scene(scenes[i], rng, config.twin_weights) for i in indices]
     twin_images = np.stack([world.render(t, size=pixels.shape[-1], rng=rng).image for t in twins])
     captions = [world.caption(scenes[i], rng) for i in indices] + [world.caption(t, rng) for t in twins]
@@ -280,8 +290,10 @@ def train_clip(config: ClipTrainConfig, out: Path = DEFAULT_OUT, workdir: Path =
         fresh = load_matching(clip, CLIPModel.from_pretrained(config.init_from).state_dict())
         if fresh:
             print(f"from {config.init_from}: all but {', '.join(fresh)} (another patch size: these start fresh)")
-    images, _, scenes = world.make_dataset(config.images, seed=config.seed)  # held-out combos excluded (numpy)
-    pixels = pixel_values(images)
+    pixels = scenes = None
+    if not config.fresh:
+        images, _, scenes = world.make_dataset(config.images, seed=config.seed)  # held-out combos excluded (numpy)
+        pixels = pixel_values(images)
     clip = clip.to(device)
     decay = [p for n, p in clip.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     other = [p for n, p in clip.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -360,12 +372,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patch", type=int, default=None, help="the image tower's patch size in pixels (default 8)")
     parser.add_argument("--twin-weights", type=float, nargs=3, default=None, metavar=("POSITION", "KIND", "COLOUR"),
                         help="how often a hard-negative twin changes each (default 1 1 1)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="new scenes every step instead of --images rendered up front")
     parser.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     parser.add_argument("--gates", action="store_true", help="measure the gates afterwards, record them")
     parser.add_argument("--test", action="store_true", help="a tiny config that runs in seconds (for tests)")
     args = parser.parse_args(argv)
     config = TEST_CONFIG if args.test else ClipTrainConfig()
-    overrides = {"seed": args.seed, "init_text_from": args.init_text_from, "init_from": args.init_from}
+    overrides = {"seed": args.seed, "init_text_from": args.init_text_from, "init_from": args.init_from,
+                 "fresh": args.fresh or config.fresh}
     if args.twin_weights:
         overrides["twin_weights"] = tuple(args.twin_weights)
     overrides.update({k: v for k, v in (("steps", args.steps), ("minutes", args.minutes),
