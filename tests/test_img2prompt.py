@@ -160,12 +160,13 @@ def test_recovery_study_bookkeeping_on_tiny_models(tiny, tiny_clip):
 
 @pytest.fixture(scope="module")
 def toy_recovery():
-    return img2prompt.toy_recovery(n=12, seed=11, seeds=(0,))
+    return img2prompt.toy_recovery(n=24, seed=11, seeds=(0,))  # notebook 11's, shared through the cache
 
 
 def test_the_models_own_likelihood_recovers_the_toy_prompt(toy_recovery):
     likelihood = img2prompt.summarize(toy_recovery)["likelihood"]
     assert likelihood["kind"] >= 11 / 12 and likelihood["color"] >= 11 / 12 and likelihood["position"] >= 10 / 12
+    assert toy_recovery["likelihood_correct"].shape == (24, 3)
 
 
 def test_clips_favourite_is_not_always_the_models_most_likely_prompt(toy_recovery):
@@ -180,7 +181,7 @@ def test_clips_favourite_is_not_always_the_models_most_likely_prompt(toy_recover
 
 def test_the_greedy_search_beats_the_true_caption_with_words_that_are_not_in_the_picture():
     """Notebook 11's example: on held-out picture seed 11 the brute-force search reaches a higher cosine than the
-    true caption, by stacking colour words the picture does not have (cosine up, description down)."""
+    true caption, with a colour the one object does not have among the words it stacked up."""
     from sdexplore.toy import clip_gates, world
 
     clip, processor = clip_gates.load_toy_clip()
@@ -191,4 +192,5 @@ def test_the_greedy_search_beats_the_true_caption_with_words_that_are_not_in_the
     assert found.similarity > float(img2prompt.clip_similarities(clip, processor, images[0], [truth])[0])
     added = [phrase for phrase, _ in found.path[1:]]
     colour_words = {w for words in world.COLOR_WORDS.values() for w in words}
-    assert len([p for p in added if p in colour_words]) >= 2  # more colours than the one object has
+    wrong = [p for p in added if p in colour_words and p not in world.COLOR_WORDS[obj.color]]
+    assert len(wrong) >= 1, added

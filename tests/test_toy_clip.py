@@ -139,26 +139,28 @@ def _gate_results():
 
 
 def test_zero_shot_gates_on_held_out_scenes():
-    """Colour and position clear the issue's goals. Kind does not (goal 0.95): the shipped toy CLIP confuses
-    cat with kitten and fish with ball on held-out scenes; this asserts the level it reaches."""
+    """Colour and position clear the issue's goals. Kind does not (goal 0.95): the shipped toy CLIP still confuses
+    cat with kitten (and both with fish) on held-out scenes; this asserts the level it reaches (0.93 on these
+    150 scenes; the CLIP shipped before training on fresh scenes reached 0.79)."""
     kind, color, position = _gate_results()["zero_shot"].tolist()
     assert color >= clip_gates.THRESHOLDS["color"]
     assert position >= clip_gates.THRESHOLDS["position"]
-    assert kind >= 0.6
+    assert kind >= 0.9
 
 
 def test_the_kind_word_mixes_with_its_caption_more_with_every_clip_layer():
     """README (SD's recipe): after each layer of the toy CLIP's text tower, the kind word's state looks more
-    like its whole caption; the text encoder trained with the UNet mixes less at its last layer."""
+    like its whole caption; the text encoder trained with the UNet mixes less at its last layer than the
+    CLIP's last layer does."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
     clip, processor = clip_gates.load_toy_clip()
     mixing = clip_gates.word_mixing(clip.text_model, processor.tokenizer)
     assert len(mixing) == 3 and mixing[0] < mixing[1] < mixing[2]
-    assert mixing == pytest.approx([0.61, 0.73, 0.82], abs=0.01)
+    assert mixing == pytest.approx([0.48, 0.60, 0.67], abs=0.01)
     shipped = CLIPTextModel.from_pretrained(TOY_TEXT_ENCODER)
     tokenizer = CLIPTokenizer.from_pretrained(TOY_TEXT_ENCODER.parent / "tokenizer")
-    assert clip_gates.word_mixing(shipped, tokenizer)[-1] < mixing[0]
+    assert clip_gates.word_mixing(shipped, tokenizer)[-1] < mixing[-1]
 
 
 def test_five_images_five_captions_pairs_on_the_diagonal():
