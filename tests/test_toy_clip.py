@@ -139,13 +139,12 @@ def _gate_results():
 
 
 def test_zero_shot_gates_on_held_out_scenes():
-    """Colour and position clear the issue's goals. Kind does not (goal 0.95): the shipped toy CLIP still confuses
-    cat with kitten (and both with fish) on held-out scenes; this asserts the level it reaches (0.93 on these
-    150 scenes; the CLIP shipped before training on fresh scenes reached 0.79)."""
+    """Kind, colour and position clear the issue's goals on held-out (kind, colour, position) combinations
+    (kind 0.97 on these 150 scenes; the CLIP shipped before training on fresh scenes reached 0.79)."""
     kind, color, position = _gate_results()["zero_shot"].tolist()
+    assert kind >= clip_gates.THRESHOLDS["kind"]
     assert color >= clip_gates.THRESHOLDS["color"]
     assert position >= clip_gates.THRESHOLDS["position"]
-    assert kind >= 0.9
 
 
 def test_the_kind_word_mixes_with_its_caption_more_with_every_clip_layer():
@@ -157,7 +156,7 @@ def test_the_kind_word_mixes_with_its_caption_more_with_every_clip_layer():
     clip, processor = clip_gates.load_toy_clip()
     mixing = clip_gates.word_mixing(clip.text_model, processor.tokenizer)
     assert len(mixing) == 3 and mixing[0] < mixing[1] < mixing[2]
-    assert mixing == pytest.approx([0.48, 0.60, 0.67], abs=0.01)
+    assert mixing == pytest.approx([0.44, 0.57, 0.65], abs=0.01)
     shipped = CLIPTextModel.from_pretrained(TOY_TEXT_ENCODER)
     tokenizer = CLIPTokenizer.from_pretrained(TOY_TEXT_ENCODER.parent / "tokenizer")
     assert clip_gates.word_mixing(shipped, tokenizer)[-1] < mixing[-1]
