@@ -167,11 +167,6 @@ def queries_and_keys(layer: AttentionLayer, inputs: dict, rows: slice, text_leng
         if layer.kind != "cross":
             raise ValueError(f"projections can be reused for cross-attention layers only, not {layer.kind!r}")
         image_q, text_k = (_heads(output[rows], heads) for output in projected)
-        image_q, text_k = _norm(module, "norm_q", image_q), _norm(module, "norm_k", text_k)
-        return QueriesKeys(image_q=image_q.transpose(1, 2), image_k=None, text_q=None, text_k=text_k.transpose(1, 2),
-                           scale=_scale(module, image_q.shape[-1]), text_first=False,
-                           bias=_mask_bias(inputs.get("attention_mask"), rows, inputs["hidden_states"].shape[0],
-                                           heads))
     else:
         hidden = inputs["hidden_states"][rows]
         if layer.kind in ("cross", "self") and hidden.ndim == 4:  # [b, C, h, w] → [b, n, C]
@@ -199,11 +194,13 @@ def queries_and_keys(layer: AttentionLayer, inputs: dict, rows: slice, text_leng
     if rotary is not None and layer.kind in ("joint", "single"):
         image_q, text_q = _rotate(image_q, text_q, rotary, layer.text_first)
         image_k, text_k = _rotate(image_k, text_k, rotary, layer.text_first)
+    head_dim = image_q.shape[-1]
+    scale = getattr(module, "scale", None)
     return QueriesKeys(
         image_q=image_q.transpose(1, 2), image_k=None if image_k is None else image_k.transpose(1, 2),
         text_q=None if text_q is None else text_q.transpose(1, 2),
         text_k=None if text_k is None else text_k.transpose(1, 2),
-        scale=_scale(module, image_q.shape[-1]),
+        scale=float(head_dim**-0.5 if scale is None else scale),
         bias=_mask_bias(inputs.get("attention_mask"), rows, inputs["hidden_states"].shape[0], heads),
         text_first=layer.text_first,
     )
@@ -283,12 +280,6 @@ def _text_states(layer: AttentionLayer, text):
 def _heads(states: torch.Tensor, heads: int) -> torch.Tensor:
     """[b, n, heads·d] → [b, n, heads, d]."""
     return states.unflatten(-1, (heads, states.shape[-1] // heads))
-
-
-def _scale(module, head_dim: int) -> float:
-    """The layer's softmax scale: its own ``scale``, else 1/sqrt(head_dim)."""
-    scale = getattr(module, "scale", None)
-    return float(head_dim**-0.5 if scale is None else scale)
 
 
 def _norm(module, attribute: str, states):

@@ -261,14 +261,15 @@ def training_batch(pixels: torch.Tensor | None, scenes: list | None, step: int,
     """
     rng = np.random.default_rng([config.seed, 3, step])
     if config.fresh:
-        images, _, scenes = world.make_dataset(config.batch // 2, seed=int(rng.integers(2**62)))
-        pixels, indices = pixel_values(images), np.arange(config.batch // 2)
+        images, _, chosen = world.make_dataset(config.batch // 2, seed=int(rng.integers(2**62)))
+        chosen_pixels = pixel_values(images)
     else:
         indices = rng.integers(0, len(scenes), config.batch // 2)
-    twins = [twin_scene(scenes[i], rng, config.twin_weights) for i in indices]
-    twin_images = np.stack([world.render(t, size=pixels.shape[-1], rng=rng).image for t in twins])
-    captions = [world.caption(scenes[i], rng) for i in indices] + [world.caption(t, rng) for t in twins]
-    return torch.cat([pixels[indices], pixel_values(twin_images)]), captions
+        chosen, chosen_pixels = [scenes[i] for i in indices], pixels[indices]
+    twins = [twin_scene(scene, rng, config.twin_weights) for scene in chosen]
+    twin_images = np.stack([world.render(t, size=chosen_pixels.shape[-1], rng=rng).image for t in twins])
+    captions = [world.caption(scene, rng) for scene in chosen] + [world.caption(t, rng) for t in twins]
+    return torch.cat([chosen_pixels, pixel_values(twin_images)]), captions
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -392,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = TEST_CONFIG if args.test else ClipTrainConfig()
     overrides = {"seed": args.seed, "init_text_from": args.init_text_from, "init_from": args.init_from,
-                 "fresh": args.fresh or config.fresh}
+                 "fresh": args.fresh}
     if args.twin_weights:
         overrides["twin_weights"] = tuple(args.twin_weights)
     overrides.update({k: v for k, v in (("steps", args.steps), ("minutes", args.minutes),
