@@ -8,7 +8,7 @@ import torch
 
 import sdexplore
 from sdexplore.toy import train, world
-from sdexplore.toy.model import build_tokenizer
+from sdexplore.toy.model import build_text_encoder, build_tokenizer, build_unet
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,7 @@ def test_training_writes_a_diffusers_folder_that_loads_and_traces(trained):
     assert run.latents.shape[2] == 4 and run.images[0].size == (size, size)
     summary = json.loads((out / "training.json").read_text())
     assert summary["config"]["unet_steps_run"] == train.TEST_CONFIG.unet_steps
+    assert summary["config"]["device"] == "cpu" and summary["device"].startswith("CPU, ")
     assert pipe.vae.config.scaling_factor != 0.18215  # measured from the trained VAE's latents
 
 
@@ -47,6 +48,14 @@ def test_training_resumes_from_its_checkpoint(trained):
 
     with safe_open(str(work / "denoiser.safetensors"), framework="pt") as handle:
         assert any(k.startswith("adam.exp_avg.unet.") for k in handle.keys())
+    unet = build_unet(train.TEST_CONFIG.size, latent_size=train.TEST_CONFIG.size.image // 4)
+    modules = {"text_encoder": build_text_encoder(train.load_tokenizer(train.TEST_CONFIG), train.TEST_CONFIG.size),
+               "unet": unet}
+    optimizer = torch.optim.AdamW([p for module in modules.values() for p in module.parameters()])
+    assert train.load_checkpoint(work / "denoiser", modules, optimizer)["step"] == state["step"]
+    restored = optimizer.state[next(unet.parameters())]
+    assert restored["step"].device.type == "cpu" and restored["step"].ndim == 0  # Adam keeps its count on the CPU
+    assert restored["exp_avg"].device == next(unet.parameters()).device
     before = len((work / "log.jsonl").read_text().splitlines())
     # the same workdir with a longer run: the denoiser continues from its saved step, the VAE is not retrained
     longer = replace(train.TEST_CONFIG, unet_steps=train.TEST_CONFIG.unet_steps + 2)

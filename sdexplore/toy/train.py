@@ -4,6 +4,7 @@
     python -m sdexplore.toy.train --minutes 60         # fit the denoiser stage into another time budget
     python -m sdexplore.toy.train --init-from sdexplore/toy/weights --minutes 60   # go on from shipped weights
     python -m sdexplore.toy.train --text-encoder-from sdexplore/toy/weights/clip   # SD's recipe (frozen CLIP tower)
+    python -m sdexplore.toy.train --device cuda --minutes 30 --unet-batch 256      # on a GPU
 
 Two stages, each checkpointed to ``--workdir`` (safetensors + JSON, resumed automatically):
 1. the VAE learns to compress 64x64 world renders to 4x16x16 latents (L1 + MSE with object pixels
@@ -84,6 +85,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 25
     latent_rgb_images: int = LATENT_RGB_IMAGES  # world pictures the shipped approx-preview map is fitted on
+    device: str = "cpu"  # where the models train; batches are drawn on the CPU, so they are the same on any device
 
 
 TEST_CONFIG = TrainConfig(size=SMALL, images=64, vae_steps=3, vae_batch=4, unet_steps=3, unet_batch=4,
@@ -121,14 +123,14 @@ def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
 
 def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, state: dict):
     """Weights and Adam moments as safetensors, the rest as JSON; both written atomically."""
-    tensors = {f"{name}.{key}": value.detach().contiguous() for name, module in modules.items()
+    tensors = {f"{name}.{key}": value.detach().cpu().contiguous() for name, module in modules.items()
                for key, value in module.state_dict().items()}
     names = {id(p): f"{name}.{key}" for name, module in modules.items() for key, p in module.named_parameters()}
     for group in optimizer.param_groups:
         for param in group["params"]:
             for key, value in optimizer.state.get(param, {}).items():
                 if torch.is_tensor(value):
-                    tensors[f"adam.{key}.{names[id(param)]}"] = value.detach().reshape(value.shape).contiguous()
+                    tensors[f"adam.{key}.{names[id(param)]}"] = value.detach().cpu().contiguous()
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp))
     os.replace(tmp, path.with_suffix(".safetensors"))
@@ -150,7 +152,8 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module],
         for key, value in tensors.items():
             if key.startswith("adam."):
                 _, slot, param_name = key.split(".", 2)
-                optimizer.state[params[param_name]][slot] = value
+                param = params[param_name]  # Adam's step count stays on the CPU, its moments go beside the parameter
+                optimizer.state[param][slot] = value if slot == "step" else value.to(param.device)
     return json.loads(path.with_suffix(".json").read_text())
 
 
@@ -186,7 +189,7 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, masks: torch.
 
 def train_vae(config: TrainConfig, pixels: torch.Tensor, masks: torch.Tensor, workdir: Path):
     torch.manual_seed(config.seed)
-    vae = build_vae(config.size)
+    vae = build_vae(config.size).to(config.device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
     checkpoint = workdir / "vae"
     state = load_checkpoint(checkpoint, {"vae": vae}, optimizer) or {"step": 0}
@@ -194,13 +197,13 @@ def train_vae(config: TrainConfig, pixels: torch.Tensor, masks: torch.Tensor, wo
     for step in range(state["step"], config.vae_steps):
         rng = np.random.default_rng([config.seed, 1, step])
         indices = rng.integers(0, len(pixels), config.vae_batch)
-        batch = pixels[indices]
+        batch, batch_masks = pixels[indices].to(config.device), masks[indices].to(config.device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.vae_steps, config.vae_lr, config.warmup)
         posterior = vae.encode(batch).latent_dist
         torch.manual_seed(config.seed * 7919 + step)
         recon = vae.decode(posterior.sample()).sample
-        loss = reconstruction_loss(recon, batch, masks[indices], config.vae_object_weight)
+        loss = reconstruction_loss(recon, batch, batch_masks, config.vae_object_weight)
         loss = loss + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -215,12 +218,13 @@ def train_vae(config: TrainConfig, pixels: torch.Tensor, masks: torch.Tensor, wo
 
 @torch.no_grad()
 def encode_dataset(vae, pixels: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Posterior means and stds [N, 4, h, w] of every image, and SD's scaling factor 1 / std(latents)."""
+    """Posterior means and stds [N, 4, h, w] of every image (on the CPU, whatever the VAE's device), and SD's
+    scaling factor 1 / std(latents)."""
     means, stds = [], []
     for start in range(0, len(pixels), batch):
-        posterior = vae.encode(pixels[start:start + batch]).latent_dist
-        means.append(posterior.mean)
-        stds.append(posterior.std)
+        posterior = vae.encode(pixels[start:start + batch].to(vae.device)).latent_dist
+        means.append(posterior.mean.cpu())
+        stds.append(posterior.std.cpu())
     mean, std = torch.cat(means), torch.cat(stds)
     scaling = 1.0 / float((mean + std * torch.randn_like(std)).std())
     return mean, std, scaling
@@ -297,6 +301,7 @@ def train_denoiser(config: TrainConfig, latents: tuple[torch.Tensor, torch.Tenso
         if not frozen:
             text_encoder.load_state_dict(CLIPTextModel.from_pretrained(trained / "text_encoder").state_dict())
         unet.load_state_dict(UNet2DConditionModel.from_pretrained(trained / "unet").state_dict())
+    text_encoder, unet = text_encoder.to(config.device), unet.to(config.device)
     modules = {"unet": unet} if frozen else {"text_encoder": text_encoder, "unet": unet}
     parameters = [p for module in modules.values() for p in module.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=config.unet_lr, weight_decay=0.01)
@@ -304,7 +309,7 @@ def train_denoiser(config: TrainConfig, latents: tuple[torch.Tensor, torch.Tenso
     checkpoint = workdir / "denoiser"
     state = load_checkpoint(checkpoint, modules, optimizer) or {"step": 0, "total": config.unet_steps}
     progress = Progress("denoiser", state["total"], config.log_every, workdir / "log.jsonl")
-    step, started = state["step"], time.time()
+    step, fitting_from = state["step"], None
     while step < state["total"]:
         rng = np.random.default_rng([config.seed, 2, step])
         indices = rng.integers(0, len(mean), config.unet_batch)
@@ -315,28 +320,32 @@ def train_denoiser(config: TrainConfig, latents: tuple[torch.Tensor, torch.Tenso
         noise = torch.randn(x0.shape, generator=generator)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(indices),), generator=generator)
         noisy = scheduler.add_noise(x0, noise, timesteps)
+        target = training_target(scheduler, x0, noise, timesteps)
+        weights = min_snr_weights(scheduler, timesteps, config.min_snr_gamma)
+        ids, noisy, target, weights, timesteps = (t.to(config.device) for t in (ids, noisy, target, weights, timesteps))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, state["total"], config.unet_lr, config.warmup)
         with torch.set_grad_enabled(not frozen):  # a frozen tower needs no graph
             encoder_states = text_encoder(ids)[0]
         prediction = unet(noisy, timesteps, encoder_states).sample
-        target = training_target(scheduler, x0, noise, timesteps)
         per_sample = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_sample * min_snr_weights(scheduler, timesteps, config.min_snr_gamma)).mean()
+        loss = (per_sample * weights).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         progress.update(step, loss.item(), lr=optimizer.param_groups[0]["lr"])
         step += 1
-        if config.minutes and step == state["step"] + 30 and state["step"] == 0:
-            per_step = (time.time() - started) / 30
+        if config.minutes and state["step"] == 0 and step == 10:  # the first steps pay warm-ups: time 30 after them
+            fitting_from = time.time()
+        if config.minutes and state["step"] == 0 and step == 40:
+            per_step = (time.time() - fitting_from) / 30
             state["total"] = progress.total = max(step + 1, min(config.unet_steps, int(config.minutes * 60 / per_step)))
             print(f"[denoiser] {per_step:.2f} s/step: {state['total']} steps fit in {config.minutes} min", flush=True)
         if step % config.checkpoint_every == 0 or step == state["total"]:
             save_checkpoint(checkpoint, modules, optimizer, {"step": step, "total": state["total"]})
-    text_encoder.eval().requires_grad_(False)
-    unet.eval().requires_grad_(False)
+    text_encoder.cpu().eval().requires_grad_(False)
+    unet.cpu().eval().requires_grad_(False)
     return text_encoder, unet, state["total"]
 
 
@@ -364,10 +373,12 @@ def train(config: TrainConfig, out: Path = DEFAULT_OUT, workdir: Path = Path("ru
     pixels, masks, scenes = render_dataset(config)
     if config.init_from:
         vae = AutoencoderKL.from_pretrained(Path(config.init_from) / "vae").eval().requires_grad_(False)
-        encoded = encode_dataset(vae, pixels)[:2] + (vae.config.scaling_factor,)
+        encoded = encode_dataset(vae.to(config.device), pixels)[:2] + (vae.config.scaling_factor,)
+        vae = vae.cpu()
     else:
         vae = train_vae(config, pixels, masks, workdir)
         encoded = encode_dataset(vae, pixels)
+        vae = vae.cpu()
         vae.register_to_config(scaling_factor=encoded[2])
     print(f"latents {tuple(encoded[0].shape[1:])}, scaling factor {encoded[2]:.4f}", flush=True)
     del pixels, masks
@@ -380,10 +391,17 @@ def train(config: TrainConfig, out: Path = DEFAULT_OUT, workdir: Path = Path("ru
     if config.text_encoder_from:  # the CLIP the text encoder comes from ships beside it
         shutil.copytree(config.text_encoder_from, out / "clip", dirs_exist_ok=True)
     summary = {"config": {**asdict(config), "unet_steps_run": steps}, "minutes": (time.time() - started) / 60,
-               "torch": torch.__version__}
+               "torch": torch.__version__, "device": device_name(config.device)}
     write_training_record(out, summary, config.init_from)
     print(f"wrote {out} in {summary['minutes']:.1f} min", flush=True)
     return out
+
+
+def device_name(device: str) -> str:
+    """What trained the model, for training.json: the GPU's name, or the CPU's core count."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {torch.get_num_threads()} threads"
 
 
 def write_training_record(out: Path, summary: dict, init_from) -> None:
@@ -406,20 +424,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init-from", default=None, help="a trained diffusers folder to start stage 2 from")
     parser.add_argument("--unet-lr", type=float, default=None)
+    parser.add_argument("--unet-batch", type=int, default=None,
+                        help="scenes per denoiser step (default 48; a GPU is idle at 48: it steps as fast at 256)")
     parser.add_argument("--text-encoder-from", default=None,
                         help="a toy CLIP folder: its text tower, frozen, is the text encoder (SD's recipe)")
     parser.add_argument("--text-layers", type=int, default=None,
                         help="with --text-encoder-from: keep the tower's first N layers (SD 2: all but the last)")
     parser.add_argument("--pair-share", type=float, default=None, help="share of two-object training scenes")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N: where the models train")
     parser.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     parser.add_argument("--test", action="store_true", help="a tiny config that runs in seconds (for tests)")
     args = parser.parse_args(argv)
     if args.text_layers is not None and not args.text_encoder_from:
         parser.error("--text-layers chooses layers of a frozen CLIP tower: give --text-encoder-from too")
     config = TEST_CONFIG if args.test else TrainConfig()
-    overrides = {"seed": args.seed, "init_from": args.init_from, "text_encoder_from": args.text_encoder_from}
+    overrides = {"seed": args.seed, "init_from": args.init_from, "text_encoder_from": args.text_encoder_from,
+                 "device": args.device}
     overrides.update({k: v for k, v in (("unet_steps", args.unet_steps), ("vae_steps", args.vae_steps),
                                          ("unet_lr", args.unet_lr), ("minutes", args.minutes),
+                                         ("unet_batch", args.unet_batch),
                                          ("pair_share", args.pair_share), ("text_layers", args.text_layers))
                       if v is not None})
     try:
