@@ -507,3 +507,73 @@ def test_second_order_schedulers_get_one_map_per_scheduler_step(scheduler):
     assert not torch.equal(run.attention.layer_map(name, 1), run.attention.layer_map(name, 2))
     plain = sdexplore.trace(pipe, PROMPT, seed=0, **FAST)
     assert torch.equal(plain.latents, run.latents)
+
+
+def test_pndm_repeats_a_timestep_as_a_step_of_its_own():
+    """PNDM (SD 1.5's own scheduler) runs one timestep twice with a scheduler step between: two steps of the
+    trace, each with its maps (told apart by the scheduler's steps, not by the timestep's value)."""
+    from diffusers import PNDMScheduler
+
+    pipe = sdexplore.tiny_pipeline("tiny")
+    pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)
+    run = sdexplore.trace(pipe, PROMPT, seed=0, attention=True, **FAST)
+    assert run.num_steps == run.attention.num_steps == FAST["num_inference_steps"] + 1
+    assert run.attention.timesteps == run.timesteps.tolist()
+    repeated = [i for i in range(run.num_steps - 1) if run.timesteps[i] == run.timesteps[i + 1]]
+    assert len(repeated) == 1
+    first = repeated[0]
+    assert not torch.equal(run.attention.step_maps([first]), run.attention.step_maps([first + 1]))
+
+
+def test_no_tensor_value_is_read_during_the_denoising_loop(monkeypatch):
+    """On a GPU, reading a tensor's value (.item(), float()) waits for the device: a traced step reads none
+    (DDIM, whose timesteps are tensors and which keeps no sigmas); values are read once, after the run."""
+    from pathlib import Path
+
+    from sdexplore.capture.run import tracing
+
+    pipe = sdexplore.tiny_pipeline("tiny")
+    package = str(Path(sdexplore.__file__).parent)
+    reads = []
+    for method in ("item", "__float__", "__int__", "tolist"):
+        original = getattr(torch.Tensor, method)
+
+        def counting(self, *args, _original=original, _method=method, **kwargs):
+            caller = inspect.stack()[1].filename
+            if caller.startswith(package):
+                reads.append((_method, caller))
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, method, counting)
+    with tracing(pipe, attention=True) as recorder:
+        reads.clear()  # setting up may read (the text encoder's ids), the steps may not
+        pipe(PROMPT, generator=torch.Generator().manual_seed(0), callback_on_step_end=recorder.callback, **FAST)
+        during = list(reads)
+    monkeypatch.undo()
+    run = recorder.to_trace(prompt=PROMPT, seed=0)
+    assert during == []
+    assert run.attention.timesteps == run.timesteps.tolist() and len(run.timesteps) == FAST["num_inference_steps"]
+
+
+def test_aggregate_computes_the_layers_of_one_shape_together(monkeypatch):
+    """aggregate: the layers of one grid and head count wait and are computed in one batch per step (a few kernels
+    for all of them, which is what a launch-bound GPU run needs); with a budget of one layer they are computed one
+    by one, and the maps are the same."""
+    from sdexplore.capture import attention as attention_module
+
+    pipe = sdexplore.tiny_pipeline("tiny")
+    calls = []
+    original = attention_module.probabilities
+
+    def counting(queries, keys, scale, bias=None):
+        calls.append(queries.ndim)
+        return original(queries, keys, scale, bias)
+    monkeypatch.setattr(attention_module, "probabilities", counting)
+    batched = sdexplore.trace(pipe, PROMPT, seed=0, attention=True, **FAST).attention
+    groups = {(batched.layer_sizes[name], batched.layer_heads[name]) for name in batched.layer_names}
+    assert len(batched.layer_names) > len(groups)  # some layers share a shape
+    assert calls == [5] * len(groups) * FAST["num_inference_steps"]  # stacked [L, b, heads, n, d], once a group
+    calls.clear()
+    monkeypatch.setattr(attention_module, "BATCHED_LOGITS_BYTES", 1)
+    one_by_one = sdexplore.trace(pipe, PROMPT, seed=0, attention=True, **FAST).attention
+    assert len(calls) == len(batched.layer_names) * FAST["num_inference_steps"]
+    torch.testing.assert_close(batched.step_maps(), one_by_one.step_maps(), rtol=2e-3, atol=1e-6)  # float16 steps

@@ -339,8 +339,11 @@ def test_native_memory_table_is_computed_from_the_real_layer_counts():
     rows = {(r["family"], r["capture"]): r for r in native_memory_table()}
     sd15 = rows["SD1.5", "aggregate"]
     assert sd15["layers"] == 16 and sd15["bytes"] == 50 * 77 * 64 * 64 * 2
-    # on the device: the 8 heads of a 64x64 layer, one sum per grid (64², 32², 16², 8²) and the step's mean
-    assert sd15["device_bytes"] == 4 * 8 * 64**2 * 77 + 4 * 77 * (64**2 + 32**2 + 16**2 + 8**2) + 4 * 77 * 64**2
+    # on the device: the 8 heads of the five 64x64 layers computed together (5 x 9.6 MB < BATCHED_LOGITS_BYTES),
+    # one sum per grid (64², 32², 16², 8²) and the step's mean; per_layer: one layer's heads and every map
+    assert sd15["device_bytes"] == 5 * 4 * 8 * 64**2 * 77 + 4 * 77 * (64**2 + 32**2 + 16**2 + 8**2) + 4 * 77 * 64**2
+    per_layer_maps = 2 * 77 * (5 * 64**2 + 5 * 32**2 + 5 * 16**2 + 8**2)
+    assert rows["SD1.5", "per_layer"]["device_bytes"] == 4 * 8 * 64**2 * 77 + per_layer_maps
     assert rows["SD1.5", "per_layer"]["bytes"] == 50 * 77 * 2 * (5 * 64**2 + 5 * 32**2 + 5 * 16**2 + 8**2)
     assert rows["SDXL", "aggregate"]["layers"] == 70
     assert rows["SD3-medium", "aggregate"]["layers"] == 24

@@ -101,6 +101,27 @@ def test_x0_for_pndm_from_the_closed_form(name):
         torch.testing.assert_close(run.x0[i], expected.float(), atol=1e-4, rtol=1e-4)
 
 
+def test_alpha_bar_computed_where_the_timestep_lives_is_the_tables():
+    """alpha_bar_of_tensor (no read of the timestep: no GPU sync per step) equals alpha_bar_at: exactly at the
+    integer timesteps DDIM-type schedulers use, to float64 rounding between them, 0 where SNR is zero."""
+    from diffusers import DDIMScheduler
+
+    from sdexplore.capture.steps import alpha_bar_of_tensor, training_sigmas
+    from sdexplore.toy.model import training_scheduler
+
+    for scheduler in (DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+                      training_scheduler("v_prediction", True)):  # the toy's: zero terminal SNR, sigma = inf
+        sigmas = training_sigmas(scheduler)
+        table = torch.from_numpy(sigmas)
+        for t in range(len(sigmas)):
+            assert float(alpha_bar_of_tensor(torch.tensor(t), table)) == alpha_bar_at(scheduler, t, sigmas)
+        for t in np.random.default_rng(0).uniform(-3, len(sigmas) + 3, 500):
+            expected = alpha_bar_at(scheduler, float(t), sigmas)
+            assert float(alpha_bar_of_tensor(torch.tensor([t, 0.0], dtype=torch.float64), table)) == \
+                pytest.approx(expected, rel=1e-14, abs=1e-300)
+    assert float(alpha_bar_of_tensor(torch.tensor(999.0), table)) == 0.0
+
+
 def test_same_seed_is_bitwise_identical_and_seeds_differ(tiny):
     first, second = run_tiny(tiny, seed=3), run_tiny(tiny, seed=3)
     for name in ("latents", "x0", "noise_pred", "noise_pred_text", "noise_pred_uncond", "prompt_embeds"):

@@ -18,7 +18,9 @@ recomputes the layer's queries and keys from its own projections, norms and rota
 Memory is computed, not guessed (attention_memory.py; the table in the README). With B images, S steps,
 T text positions, a grid of h x w image tokens: mode="aggregate", keep="per_step" keeps S·B·T·h·w·2 bytes
 (float16 on the CPU); keep="summed" B·T·h·w·4; mode="per_layer" S·B·T·2·Σ(hl·wl) (times each layer's heads
-with per_head=True). The device holds one float32 sum per grid plus one layer's probabilities. A run that
+with per_head=True). The device holds one float32 sum per grid plus one layer's probabilities (aggregate: the
+queries and keys of a few layers of one shape, whose probabilities are computed together once they would take
+``BATCHED_LOGITS_BYTES``, or at the step's end: fewer, larger kernels for a GPU to launch). A run that
 would keep more than ``max_bytes`` (default 2 GiB) is refused at the first denoiser call, before any step,
 with the modes that fit. A layer whose probabilities cannot be recomputed exactly is an
 UncapturableAttentionError naming it and its processor, never a silently incomplete map.
@@ -29,13 +31,22 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..prompts import MAX_TOKENS, token_table
 from .attention_maps import AttentionMaps, layer_grid
-from .attention_memory import DEFAULT_MAX_BYTES, TEXT_KINDS, Capture, attention_plan, describe_bytes, kept_bytes
+from .attention_memory import (
+    BATCHED_LOGITS_BYTES,
+    DEFAULT_MAX_BYTES,
+    TEXT_KINDS,
+    Capture,
+    attention_plan,
+    describe_bytes,
+    kept_bytes,
+)
 from .attention_processor import (
     UncapturableAttentionError,
     attention_layers,
@@ -126,6 +137,10 @@ class AttentionRecorder:
         self._denoiser_signature: inspect.Signature | None = None  # bound once, on the first call
         self._text_length: int | None = None
         self._scheduler_step: int | None = None  # the scheduler's step_index when the current step began
+        # steps_taken() -> scheduler steps made so far (set by tracing() from its step recorder): tells a second
+        # denoiser call of one step from a new step without reading the timestep's value (a device sync)
+        self.steps_taken: Callable[[], int] | None = None
+        self._steps_at_step_start: int | None = None
         self._pixels_per_token = 1
         self._capturable: dict[type, str | None] = {}  # processor class → why it cannot be captured (None: it can)
 
@@ -191,18 +206,28 @@ class AttentionRecorder:
         if not self._collector.timesteps:
             _check_patches_inside(self.patches, grid)
             self._guard(sample.shape[0], grid)
-        timestep = _timestep(inputs.get("timestep"))
-        scheduler_step = getattr(self.pipe.scheduler, "step_index", None)  # None where a scheduler keeps none
-        if (self._collector.timesteps and timestep == self._collector.timesteps[-1]
-                and scheduler_step == self._scheduler_step):
-            # a second call at the same timestep before the scheduler stepped (Flux's true-CFG negative call,
-            # SD3's skip-layer guidance): the step keeps the first call's maps, the prompt's; this call is not
-            # recorded. Heun-type schedulers call again at the same timestep *after* a step: a step of its own.
+        timestep = inputs.get("timestep")
+        if self._collector.timesteps and self._same_step(timestep):
+            # a second call before the scheduler stepped (Flux's true-CFG negative call, SD3's skip-layer
+            # guidance): the step keeps the first call's maps, the prompt's; this call is not recorded. Heun-type
+            # schedulers call again at the same timestep *after* a step, PNDM twice at one timestep with a step
+            # between: steps of their own.
             self._collector.end_step()
             return None
-        self._scheduler_step = scheduler_step
-        self._collector.start_step(timestep, grid, self._guided())
+        self._scheduler_step = getattr(self.pipe.scheduler, "step_index", None)
+        self._steps_at_step_start = self.steps_taken() if self.steps_taken is not None else None
+        self._collector.start_step(_detached(timestep), grid, self._guided())
         return None
+
+    def _same_step(self, timestep) -> bool:
+        """Is this denoiser call part of the step already open? With tracing()'s step recorder: no scheduler step
+        was made since that step began. Alone: the same timestep value and scheduler step_index (a scheduler
+        without one, such as PNDM, then runs its repeated timestep as one step)."""
+        if self.steps_taken is not None:
+            return self.steps_taken() == self._steps_at_step_start
+        scheduler_step = getattr(self.pipe.scheduler, "step_index", None)  # None where a scheduler keeps none
+        same_value = _timestep(timestep) == _timestep(self._collector.timesteps[-1])
+        return same_value and scheduler_step == self._scheduler_step
 
     def _before_text_encoder(self, module, args, kwargs):
         ids = args[0] if args else kwargs.get("input_ids")
@@ -252,8 +277,11 @@ class AttentionRecorder:
             qk = queries_and_keys(layer, inputs, rows, self._text_length, projected)
             lengths = {"image": qk.image_q.shape[2], "text": 0 if qk.text_k is None else qk.text_k.shape[2]}
             if layer.name in self.layers:
-                collector.add(layer.name, probabilities(qk.image_q, qk.text_k, qk.scale,
-                                                        mask_block(qk, "image", "text", lengths)), layer.heads)
+                bias = mask_block(qk, "image", "text", lengths)
+                if self.mode == "aggregate" and bias is None:  # computed with the other layers of its shape
+                    collector.add_later(layer.name, qk.image_q, qk.text_k, qk.scale, layer.heads)
+                else:
+                    collector.add(layer.name, probabilities(qk.image_q, qk.text_k, qk.scale, bias), layer.heads)
                 if self.text_to_text and qk.text_q is not None:
                     text = probabilities(qk.text_q, qk.text_k, qk.scale, mask_block(qk, "text", "text", lengths))
                     collector.add_relation("text_to_text", text.mean(1, dtype=torch.float32))
@@ -326,7 +354,7 @@ class AttentionRecorder:
             layer_names=[name for name in self.layers if name in collected.layer_sizes],
             layer_sizes=collected.layer_sizes, layer_heads=collected.layer_heads,
             latent_size=grid, image_size=(grid[0] * scale, grid[1] * scale),
-            timesteps=list(collected.timesteps),
+            timesteps=[_timestep(t) for t in collected.timesteps],  # read after the run: no sync per step
             maps=collected.result("text"), negative_maps=collected.result("negative"),
             tokens=list(token_tables or []), negative_tokens=self._negative_tables(),
             text_to_text=collected.relation("text_to_text"), image_to_image=collected.relation("image_to_image"),
@@ -432,19 +460,20 @@ class _Collector:
 
     def __init__(self, mode: str, keep: str, per_head: bool):
         self.mode, self.summed, self.per_head = mode, keep == "summed", per_head
-        self.timesteps: list[float] = []
+        self.timesteps: list = []  # as the denoiser got them (numbers or tensors, read after the run)
         self.latent_size: tuple[int, int] | None = None
         self.layer_sizes: dict[str, tuple[int, int]] = {}
         self.layer_heads: dict[str, int] = {}
         self._series: dict[str, dict[str, _Series]] = {}
         self._guided = self._split = self.is_open = False
         self._sums: dict[tuple, torch.Tensor] = {}  # aggregate: this step's head sums per (grid, heads) [b, n, T]
+        self._waiting: dict[tuple, list] = {}  # aggregate: layers' (queries, keys) of one shape, not yet computed
         self._count = 0
         self._unresized: list[tuple[int, dict, int, bool]] = []  # aggregate per_step: (step, sums, count, split)
         self._layers: dict[str, torch.Tensor] = {}  # per_layer: this step's maps
         self._relations: dict[str, list] = {}  # this step's [sum, count] per relation
 
-    def start_step(self, timestep: float, latent_size: tuple[int, int], guided: bool) -> None:
+    def start_step(self, timestep, latent_size: tuple[int, int], guided: bool) -> None:
         self.end_step()
         if self.latent_size not in (None, latent_size):
             raise RuntimeError(f"the latent size changed from {self.latent_size} to {latent_size} between denoiser "
@@ -469,6 +498,32 @@ class _Collector:
         key = (size, heads)
         self._sums[key] = heads_sum if key not in self._sums else self._sums[key].add_(heads_sum)
         self._count += 1
+
+    def add_later(self, name: str, queries: torch.Tensor, keys: torch.Tensor, scale: float, heads: int) -> None:
+        """aggregate: one layer's queries [b, heads, n, d] and keys [b, heads, T, d], kept with the other layers
+        of this shape until their logits would take BATCHED_LOGITS_BYTES (or the step ends), then computed as
+        one batch: a few kernels for all of them instead of a few per layer."""
+        size = layer_grid(queries.shape[2], self.latent_size)
+        self.layer_sizes.setdefault(name, size)
+        self.layer_heads.setdefault(name, heads)
+        key = (size, heads, scale, tuple(queries.shape), tuple(keys.shape), queries.dtype, keys.dtype)
+        waiting = self._waiting.setdefault(key, [])
+        waiting.append((queries, keys))
+        b, _, n, _ = queries.shape
+        if len(waiting) * b * heads * n * keys.shape[2] * 4 >= BATCHED_LOGITS_BYTES:
+            self._compute_waiting(key)
+
+    def _compute_waiting(self, key: tuple) -> None:
+        """softmax(Q·Kᵀ·scale) of the layers waiting under ``key``, summed over layers and heads into the step's
+        per-grid sums (divided by the heads and the layer count later, in _resized)."""
+        waiting = self._waiting.pop(key)
+        size, heads, scale = key[:3]
+        with torch.no_grad():
+            probs = probabilities(torch.stack([q for q, _ in waiting]), torch.stack([k for _, k in waiting]), scale)
+            summed = probs.sum(dim=(0, 2), dtype=torch.float32)  # [L, b, heads, n, T] -> [b, n, T]
+        sums_key = (size, heads)
+        self._sums[sums_key] = summed if sums_key not in self._sums else self._sums[sums_key].add_(summed)
+        self._count += len(waiting)
 
     def add_relation(self, key: str, maps: torch.Tensor) -> None:
         """One layer's maps of a relation, already on the common shape ([b, T, T] or [b, P, h, w])."""
@@ -512,6 +567,8 @@ class _Collector:
         """Close the current step: move its maps to the CPU (or into the running mean)."""
         if not self.is_open:
             return
+        for key in list(self._waiting):
+            self._compute_waiting(key)
         self.is_open, step = False, len(self.timesteps) - 1
         if self.mode == "aggregate" and not self.summed:
             self._unresized.append((step, self._sums, self._count, self._split))
@@ -572,6 +629,11 @@ def _token_grid(denoiser, sample: torch.Tensor, inputs: dict) -> tuple[tuple[int
             return grid, 2
     raise ValueError(f"cannot tell the image-token grid of {type(denoiser).__name__}'s input {tuple(sample.shape)}: "
                      "expected a [B, C, h, w] latent or packed tokens with img_ids of their rows and columns")
+
+
+def _detached(timestep):
+    """The timestep as the denoiser got it, kept for the run (a tensor stays on its device, unread)."""
+    return timestep.detach() if isinstance(timestep, torch.Tensor) else timestep
 
 
 def _timestep(timestep) -> float:

@@ -22,6 +22,11 @@ DEFAULT_MAX_BYTES = 2 * 1024**3
 TEXT_KINDS = ("cross", "joint", "single")
 
 
+# aggregate: the layers of one grid and head count wait (queries and keys) until their float32 probabilities
+# would take this much, then are computed together: a few kernels for them all instead of a few per layer
+BATCHED_LOGITS_BYTES = 64 * 2**20
+
+
 @dataclass(frozen=True)
 class PlannedLayer:
     """An attention layer's kind, grid of image queries (hl, wl) and head count."""
@@ -92,20 +97,30 @@ def kept_bytes(plan: dict[str, PlannedLayer], capture: Capture, layers=None) -> 
 
 
 def device_bytes(plan: dict[str, PlannedLayer], capture: Capture, layers=None) -> int:
-    """Peak bytes the recording holds on the denoiser's device during a step: the largest layer's float32
-    probabilities [b, heads, n, T] while they are reduced, plus the step's sums (aggregate: one [b, n, T] per
-    grid and the [b, T, h, w] mean; per_layer: every layer's map until the step ends, float16 unless summed)."""
+    """Peak bytes the recording holds on the denoiser's device during a step: the float32 probabilities being
+    reduced (per_layer: the largest layer's [b, heads, n, T]; aggregate: the largest batch of layers of one
+    grid and head count computed together, see BATCHED_LOGITS_BYTES), plus the step's sums (aggregate: one
+    [b, n, T] per grid and the [b, T, h, w] mean; per_layer: every layer's map until the step ends, float16
+    unless summed)."""
     text_layers = [p for n, p in plan.items() if p.kind in TEXT_KINDS and (layers is None or n in layers)]
     rows, tokens = capture.batch, capture.tokens
-    largest = max(4 * rows * p.heads * p.grid[0] * p.grid[1] * tokens for p in text_layers)
+
+    def probabilities(p):
+        return 4 * rows * p.heads * p.grid[0] * p.grid[1] * tokens
+
     if capture.mode == "aggregate":
+        groups: dict[tuple, list[int]] = {}
+        for p in text_layers:
+            groups.setdefault((p.grid, p.heads), []).append(probabilities(p))
+        reduced = max(min(len(sizes), -(-BATCHED_LOGITS_BYTES // sizes[0])) * sizes[0] for sizes in groups.values())
         held = sum(4 * rows * h * w * tokens for h, w in {p.grid for p in text_layers})
         held += 4 * rows * tokens * capture.grid[0] * capture.grid[1]
     else:
+        reduced = max(probabilities(p) for p in text_layers)
         per_value = 4 if capture.keep == "summed" else 2
         held = sum(per_value * rows * p.grid[0] * p.grid[1] * tokens * (p.heads if capture.per_head else 1)
                    for p in text_layers)
-    return largest + held
+    return reduced + held
 
 
 def describe_bytes(count: int) -> str:

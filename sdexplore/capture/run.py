@@ -39,6 +39,8 @@ class Tracing:
         self.device = pipe.device  # read once: it walks every module
         self.steps = StepRecorder(pipe)
         self.attention = _attention_recorder(pipe, attention, attention_options or {})
+        if self.attention is not None:  # steps are told apart by the scheduler's steps, not by reading timesteps
+            self.attention.steps_taken = lambda: len(self.steps.records)
 
     @property
     def callback(self):

@@ -84,6 +84,7 @@ class StepRecorder:
         self._owner: int | None = None
         self.foreign_calls = 0
         self._sigmas_table: np.ndarray | None = None
+        self._device_sigmas: dict[torch.device, torch.Tensor] = {}  # the same table on the timesteps' device
 
     def _is_foreign(self) -> bool:
         """True (and counted) when a hook runs in a thread other than the one that entered."""
@@ -179,11 +180,8 @@ class StepRecorder:
                                    "for flow matching")
             x0 = sample - sigma * guided
         else:
-            seen_t = _as_float(pending.timestep) if sigma is None else None  # a device sync only where needed
-            alpha_bar = 1.0 / (1.0 + sigma**2) if sigma is not None else \
-                alpha_bar_at(self.scheduler, seen_t, self._training_sigmas())
-            x0 = predicted_x0(self.scheduler, pending.model_input[:batch], guided, seen_t,
-                              alpha_bar=alpha_bar, kind=self.prediction_kind)
+            x0 = predicted_x0(self.scheduler, pending.model_input[:batch], guided, None,
+                              alpha_bar=self._alpha_bar(sigma, pending.timestep), kind=self.prediction_kind)
         unpack = self._unpacked
         return StepRecord(
             timestep=timestep.detach() if isinstance(timestep, torch.Tensor) else timestep,
@@ -234,6 +232,19 @@ class StepRecorder:
             self._sigmas_table = training_sigmas(self.scheduler)
         return self._sigmas_table
 
+    def _alpha_bar(self, sigma: float | None, timestep) -> float | torch.Tensor:
+        """alpha_bar of this step: from the scheduler's own sigma where it keeps one; else from the training
+        schedule at the timestep, computed where the timestep lives (a GPU tensor is not read: no sync per step)."""
+        if sigma is not None:
+            return 1.0 / (1.0 + sigma**2)
+        if isinstance(timestep, torch.Tensor) and timestep.device.type != "mps":  # MPS has no float64
+            table = self._device_sigmas.get(timestep.device)
+            if table is None:
+                table = self._device_sigmas[timestep.device] = torch.from_numpy(self._training_sigmas()).to(
+                    timestep.device)
+            return alpha_bar_of_tensor(timestep, table)
+        return alpha_bar_at(self.scheduler, _as_float(timestep), self._training_sigmas())
+
     def _sigma_of_step(self) -> float | None:
         """The scheduler's own sigma of the step it just made (``sigmas[step_index - 1]``), if it keeps them."""
         sigmas, index = getattr(self.scheduler, "sigmas", None), getattr(self.scheduler, "step_index", None)
@@ -283,6 +294,23 @@ def alpha_bar_at(scheduler, timestep: float, sigmas: np.ndarray | None = None) -
     sigmas = training_sigmas(scheduler) if sigmas is None else sigmas
     sigma = float(np.interp(float(timestep), np.arange(len(sigmas)), sigmas))
     return 1.0 / (1.0 + sigma**2)
+
+
+def alpha_bar_of_tensor(timestep: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """``alpha_bar_at`` on the timestep's device without reading it: timestep a tensor (its first value is
+    used), sigmas [N] float64 ``training_sigmas`` on the same device; returns a 0-dim float64 tensor.
+
+    np.interp's arithmetic, step by step (so the result is the same to the last bit): the table's value at an
+    integer timestep, else slope * (t - left) + left value (from the right end where that is not a number)."""
+    last = sigmas.shape[0] - 1
+    t = timestep.detach().reshape(-1)[:1].to(torch.float64).clamp(0, last)
+    left = t.floor().long().clamp(max=last - 1)
+    below, above = sigmas.index_select(0, left), sigmas.index_select(0, left + 1)
+    slope = above - below
+    sigma = slope * (t - left) + below
+    sigma = torch.where(sigma.isnan(), slope * (t - (left + 1)) + above, sigma)
+    sigma = torch.where(t == left, below, torch.where(t == last, sigmas[last:], sigma))
+    return (1.0 / (1.0 + sigma * sigma)).reshape(())
 
 
 def training_sigmas(scheduler) -> np.ndarray:
