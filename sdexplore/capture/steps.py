@@ -300,8 +300,9 @@ def alpha_bar_of_tensor(timestep: torch.Tensor, sigmas: torch.Tensor) -> torch.T
     """``alpha_bar_at`` on the timestep's device without reading it: timestep a tensor (its first value is
     used), sigmas [N] float64 ``training_sigmas`` on the same device; returns a 0-dim float64 tensor.
 
-    np.interp's arithmetic, step by step (so the result is the same to the last bit): the table's value at an
-    integer timestep, else slope * (t - left) + left value (from the right end where that is not a number)."""
+    np.interp's arithmetic, step by step: the table's value at an integer timestep (then equal to alpha_bar_at to
+    the last bit), else slope * (t - left) + left value, from the right end where that is not a number (equal to
+    float64 rounding: sigma * sigma here, Python's sigma**2 there)."""
     last = sigmas.shape[0] - 1
     t = timestep.detach().reshape(-1)[:1].to(torch.float64).clamp(0, last)
     left = t.floor().long().clamp(max=last - 1)
