@@ -494,10 +494,7 @@ class _Collector:
             kept = probs if self.per_head else probs.mean(1, dtype=torch.float32)
             self._layers[name] = kept if self.summed else kept.to(torch.float16)  # as kept on the CPU
             return
-        heads_sum = probs.sum(1, dtype=torch.float32)  # [b, n, T]; divided by the heads once, in _resized
-        key = (size, heads)
-        self._sums[key] = heads_sum if key not in self._sums else self._sums[key].add_(heads_sum)
-        self._count += 1
+        self._add_head_sums((size, heads), probs.sum(1, dtype=torch.float32), layers=1)  # [b, n, T]
 
     def add_later(self, name: str, queries: torch.Tensor, keys: torch.Tensor, scale: float, heads: int) -> None:
         """aggregate: one layer's queries [b, heads, n, d] and keys [b, heads, T, d], kept with the other layers
@@ -521,9 +518,13 @@ class _Collector:
         with torch.no_grad():
             probs = probabilities(torch.stack([q for q, _ in waiting]), torch.stack([k for _, k in waiting]), scale)
             summed = probs.sum(dim=(0, 2), dtype=torch.float32)  # [L, b, heads, n, T] -> [b, n, T]
-        sums_key = (size, heads)
-        self._sums[sums_key] = summed if sums_key not in self._sums else self._sums[sums_key].add_(summed)
-        self._count += len(waiting)
+        self._add_head_sums((size, heads), summed, layers=len(waiting))
+
+    def _add_head_sums(self, key: tuple, summed: torch.Tensor, layers: int) -> None:
+        """Add ``layers`` layers' head sums [b, n, T] to the step's sum for key = (grid, heads); divided by the
+        heads and the layer count once, in _resized."""
+        self._sums[key] = summed if key not in self._sums else self._sums[key].add_(summed)
+        self._count += layers
 
     def add_relation(self, key: str, maps: torch.Tensor) -> None:
         """One layer's maps of a relation, already on the common shape ([b, T, T] or [b, P, h, w])."""
