@@ -159,3 +159,14 @@ def test_going_on_from_a_folder_keeps_that_folders_tokenizer(tmp_path):
     loaded = train.load_tokenizer(replace(train.TEST_CONFIG, init_from=str(tmp_path)))
     assert loaded("zebra", add_special_tokens=False).input_ids == [len(build_tokenizer())]
     assert len(train.load_tokenizer(train.TEST_CONFIG)) == len(build_tokenizer())
+
+
+def test_a_device_that_cannot_train_here_is_refused_before_any_work(tmp_path, capsys):
+    for device, message in (("gpu", "is not a torch device"), ("meta", "trains on cpu or cuda")) + \
+            ((("cuda", "no CUDA GPU is available"),) if not torch.cuda.is_available() else ()):
+        with pytest.raises(ValueError, match=message):
+            train.train(replace(train.TEST_CONFIG, device=device), out=tmp_path / "out", workdir=tmp_path / "work")
+        assert not (tmp_path / "work").exists()  # nothing rendered, nothing written
+    arguments = ["--test", "--device", "gpu", "--out", str(tmp_path / "o"), "--workdir", str(tmp_path / "w")]
+    assert train.main(arguments) == 2
+    assert "is not a torch device" in capsys.readouterr().err

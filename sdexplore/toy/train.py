@@ -4,7 +4,7 @@
     python -m sdexplore.toy.train --minutes 60         # fit the denoiser stage into another time budget
     python -m sdexplore.toy.train --init-from sdexplore/toy/weights --minutes 60   # go on from shipped weights
     python -m sdexplore.toy.train --text-encoder-from sdexplore/toy/weights/clip   # SD's recipe (frozen CLIP tower)
-    python -m sdexplore.toy.train --device cuda --minutes 30 --unet-batch 256      # on a GPU
+    python -m sdexplore.toy.train --device cuda --minutes 30                       # on a GPU
 
 Two stages, each checkpointed to ``--workdir`` (safetensors + JSON, resumed automatically):
 1. the VAE learns to compress 64x64 world renders to 4x16x16 latents (L1 + MSE with object pixels
@@ -361,6 +361,7 @@ def train(config: TrainConfig, out: Path = DEFAULT_OUT, workdir: Path = Path("ru
     """
     if config.text_layers is not None and not config.text_encoder_from:
         raise ValueError("text_layers chooses layers of a frozen CLIP tower: give text_encoder_from too")
+    check_device(config.device)
     if config.text_encoder_from:  # before any rendering or training, not after the VAE stage
         check_text_layers(config.text_encoder_from, config.text_layers)
     if (Path(out) / "model_index.json").exists() and not overwrite:
@@ -395,6 +396,19 @@ def train(config: TrainConfig, out: Path = DEFAULT_OUT, workdir: Path = Path("ru
     write_training_record(out, summary, config.init_from)
     print(f"wrote {out} in {summary['minutes']:.1f} min", flush=True)
     return out
+
+
+def check_device(device: str) -> None:
+    """ValueError naming what is available when ``device`` cannot train here (checked before any work)."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise ValueError(f"device={device!r} is not a torch device: use cpu, cuda or cuda:N") from error
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: no CUDA GPU is available here (torch {torch.__version__}); "
+                         "use --device cpu")
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r}: the toy trains on cpu or cuda")
 
 
 def device_name(device: str) -> str:
@@ -447,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
                       if v is not None})
     try:
         train(replace(config, **overrides), out=args.out, workdir=args.workdir, overwrite=args.overwrite)
-    except FileExistsError as error:
+    except (FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
