@@ -375,12 +375,11 @@ def train(config: TrainConfig, out: Path = DEFAULT_OUT, workdir: Path = Path("ru
     if config.init_from:
         vae = AutoencoderKL.from_pretrained(Path(config.init_from) / "vae").eval().requires_grad_(False)
         encoded = encode_dataset(vae.to(config.device), pixels)[:2] + (vae.config.scaling_factor,)
-        vae = vae.cpu()
     else:
         vae = train_vae(config, pixels, masks, workdir)
         encoded = encode_dataset(vae, pixels)
-        vae = vae.cpu()
         vae.register_to_config(scaling_factor=encoded[2])
+    vae = vae.cpu()  # the pipeline is assembled and saved on the CPU
     print(f"latents {tuple(encoded[0].shape[1:])}, scaling factor {encoded[2]:.4f}", flush=True)
     del pixels, masks
     text_encoder, unet, steps = train_denoiser(config, encoded, scenes, tokenizer, workdir)
