@@ -125,6 +125,12 @@ def as_inpaint(pipe: DiffusionPipeline) -> DiffusionPipeline:
     return _quiet(AutoPipelineForInpainting.from_pipe(pipe))
 
 
+def with_text_encoder(pipe: DiffusionPipeline, text_encoder) -> DiffusionPipeline:
+    """The same kind of pipeline sharing ``pipe``'s other components (no copy of the weights), reading
+    ``text_encoder`` instead of its own, e.g. a deeper tower of the same CLIP to sweep clip_skip over."""
+    return _quiet(type(pipe).from_pipe(pipe, text_encoder=text_encoder))
+
+
 def _quiet(pipe: DiffusionPipeline) -> DiffusionPipeline:
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -88,6 +88,19 @@ def test_img2img_and_inpaint_siblings_share_the_weights(tiny):
     assert img2img.unet is tiny.unet and inpaint.vae is tiny.vae
 
 
+def test_a_pipeline_with_another_text_encoder_shares_everything_else(tiny):
+    """with_text_encoder: the same pipeline class and weights, reading a deeper copy of the text encoder."""
+    config = tiny.text_encoder.config
+    deeper = type(tiny.text_encoder)(type(config)(**{**config.to_dict(), "num_hidden_layers": 3})).eval()
+    other = models.with_text_encoder(tiny, deeper)
+    assert type(other) is type(tiny) and other.text_encoder is deeper and tiny.text_encoder is not deeper
+    assert other.unet is tiny.unet and other.vae is tiny.vae and other.tokenizer is tiny.tokenizer
+    run = sdexplore.trace(other, "a cat", seed=0, num_inference_steps=2, clip_skip=2)
+    assert run.params["clip_skip"] == 2 and torch.isfinite(run.latents).all()
+    with pytest.raises(ValueError, match="clip_skip"):  # the original is as deep as before
+        sdexplore.trace(tiny, "a cat", seed=0, num_inference_steps=2, clip_skip=config.num_hidden_layers)
+
+
 @pytest.mark.parametrize("kind, pipeline_class, denoiser, latent_channels", [
     ("tiny-sdxl", "StableDiffusionXLPipeline", "unet", 4),
     ("tiny-sd3", "StableDiffusion3Pipeline", "transformer", 16),
