@@ -26,18 +26,19 @@ then four on fresh scenes (kind on held-out scenes 0.787 -> 0.903 -> 0.917 -> 0.
     python -m sdexplore.toy.clip --out runs/clip-fresh4 --fresh --init-from runs/clip-fresh3 --lr 3e-4 --seed 7 \
         --twin-weights 1 4 1 --steps 2500 --minutes 0 --threads 1
 
-transformers' ``CLIPModel``: the text tower has the toy text encoder's shape (128 wide, 3 layers, 4 heads,
-77 positions, the project's tokenizer), the image tower is a ViT of the same width on 8x8-pixel patches of
-the 64x64 renders. Training is CLIP's: a batch of (image, caption) pairs, the symmetric InfoNCE loss over
-the batch's image-caption cosine similarities (every other caption of the batch is a negative) and a learned
-temperature (``logit_scale``, capped at 100 as CLIP caps it). Scenes come from ``world.make_dataset`` with
-the held-out (kind, colour, position) combinations left out, so the gates (``clip_gates``) can ask about
-combinations the model never saw; every step draws fresh captions (templates, synonyms, word order). Half of
-each batch is hard negatives: each scene's twin with one thing changed (``twin_scene``). Without them, 600
-steps learned colour (97% zero-shot) but not position (21%, chance) nor cat vs kitten (kind 69%): random
-batches rarely hold two scenes that differ only there. With ``--fresh`` every step draws new scenes instead
-of sampling the ``images`` rendered up front (rendering 64 scenes takes ~10 ms): with 20,000 fixed scenes the
-loss fell to ~0.1 while kind on held-out scenes stayed near 0.8, the image tower had learned the pictures.
+transformers' ``CLIPModel``: the text tower is 128 wide, 3 layers, 4 heads, 77 positions, with the project's
+tokenizer (its first layer, frozen, is the shipped diffusion model's text encoder), the image tower is a ViT of the
+same width on 8x8-pixel patches of the 64x64 renders. Training is CLIP's: a batch of (image, caption) pairs, the
+symmetric InfoNCE loss over the batch's image-caption cosine similarities (every other caption of the batch is a
+negative) and a learned temperature (``logit_scale``, capped at 100 as CLIP caps it). Scenes come from
+``world.make_dataset`` with the held-out (kind, colour, position) combinations left out, so the gates
+(``clip_gates``) can ask about combinations the model never saw; every step draws fresh captions (templates,
+synonyms, word order). Half of each batch is hard negatives: each scene's twin with one thing changed
+(``twin_scene``). Without them, 600 steps learned colour (97% zero-shot) but not position (21%, chance) nor cat vs
+kitten (kind 69%): random batches rarely hold two scenes that differ only there. With ``--fresh`` every step draws
+new scenes instead of sampling the ``images`` rendered up front (rendering 64 scenes takes ~10 ms): with 20,000
+fixed scenes the loss fell to ~0.1 while kind on held-out scenes stayed near 0.8, the image tower had learned the
+pictures.
 
 Checkpoints (safetensors + JSON) and ``log.jsonl`` go to ``--workdir``; a run resumes where it stopped.
 The result is a folder ``CLIPModel.from_pretrained`` and ``CLIPProcessor.from_pretrained`` read, with a
