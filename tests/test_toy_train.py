@@ -64,6 +64,10 @@ def test_training_resumes_from_its_checkpoint(trained):
     new = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()[before:]]
     assert [r["step"] for r in new if r["stage"] == "denoiser"] == [3, 4]
     assert not [r for r in new if r["stage"] == "vae"]
+    # time counts over both sittings: the log and training.json go on from the checkpoint's seconds
+    assert state["elapsed_s"] > 0 and all(r["elapsed_s"] > state["elapsed_s"] for r in new)
+    minutes = json.loads((root / "out2" / "training.json").read_text())["training_minutes"]
+    assert set(minutes) == {"vae", "denoiser"} and minutes["denoiser"] * 60 > state["elapsed_s"]
 
 
 def test_the_learning_rate_warms_up_then_decays():

@@ -158,17 +158,22 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module],
 
 
 class Progress:
-    """Prints a line every ``every`` steps and appends every logged step to a JSONL file."""
+    """Prints a line every ``every`` steps and appends every logged step to a JSONL file. Time counts from the
+    stage's start over every sitting: ``elapsed_before`` seconds ran before this one (from the checkpoint)."""
 
-    def __init__(self, stage: str, total: int, every: int, log_path: Path):
+    def __init__(self, stage: str, total: int, every: int, log_path: Path, elapsed_before: float = 0.0):
         self.stage, self.total, self.every, self.log_path = stage, total, every, log_path
-        self.start, self.smoothed = time.time(), None
+        self.start, self.smoothed, self.elapsed_before = time.time(), None, elapsed_before
+
+    def elapsed(self) -> float:
+        """Seconds this stage has trained, this sitting and the ones before."""
+        return self.elapsed_before + time.time() - self.start
 
     def update(self, step: int, loss: float, **extra) -> None:
         self.smoothed = loss if self.smoothed is None else 0.95 * self.smoothed + 0.05 * loss
         if step % self.every and step != self.total - 1:
             return
-        elapsed = time.time() - self.start
+        elapsed = self.elapsed()
         record = {"stage": self.stage, "step": step, "loss": loss, "smoothed": self.smoothed, "elapsed_s": elapsed,
                   **extra}
         with self.log_path.open("a") as handle:
@@ -193,7 +198,7 @@ def train_vae(config: TrainConfig, pixels: torch.Tensor, masks: torch.Tensor, wo
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
     checkpoint = workdir / "vae"
     state = load_checkpoint(checkpoint, {"vae": vae}, optimizer) or {"step": 0}
-    progress = Progress("vae", config.vae_steps, config.log_every, workdir / "log.jsonl")
+    progress = Progress("vae", config.vae_steps, config.log_every, workdir / "log.jsonl", state.get("elapsed_s", 0.0))
     for step in range(state["step"], config.vae_steps):
         rng = np.random.default_rng([config.seed, 1, step])
         indices = rng.integers(0, len(pixels), config.vae_batch)
@@ -211,7 +216,7 @@ def train_vae(config: TrainConfig, pixels: torch.Tensor, masks: torch.Tensor, wo
         optimizer.step()
         progress.update(step, loss.item())
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.vae_steps:
-            save_checkpoint(checkpoint, {"vae": vae}, optimizer, {"step": step + 1})
+            save_checkpoint(checkpoint, {"vae": vae}, optimizer, {"step": step + 1, "elapsed_s": progress.elapsed()})
     vae.eval().requires_grad_(False)
     return vae
 
@@ -308,7 +313,8 @@ def train_denoiser(config: TrainConfig, latents: tuple[torch.Tensor, torch.Tenso
     scheduler = training_scheduler(config.prediction_type, config.zero_terminal_snr)
     checkpoint = workdir / "denoiser"
     state = load_checkpoint(checkpoint, modules, optimizer) or {"step": 0, "total": config.unet_steps}
-    progress = Progress("denoiser", state["total"], config.log_every, workdir / "log.jsonl")
+    progress = Progress("denoiser", state["total"], config.log_every, workdir / "log.jsonl",
+                        state.get("elapsed_s", 0.0))
     step, fitting_from = state["step"], None
     while step < state["total"]:
         rng = np.random.default_rng([config.seed, 2, step])
@@ -343,7 +349,8 @@ def train_denoiser(config: TrainConfig, latents: tuple[torch.Tensor, torch.Tenso
             state["total"] = progress.total = max(step + 1, min(config.unet_steps, int(config.minutes * 60 / per_step)))
             print(f"[denoiser] {per_step:.2f} s/step: {state['total']} steps fit in {config.minutes} min", flush=True)
         if step % config.checkpoint_every == 0 or step == state["total"]:
-            save_checkpoint(checkpoint, modules, optimizer, {"step": step, "total": state["total"]})
+            save_checkpoint(checkpoint, modules, optimizer,
+                            {"step": step, "total": state["total"], "elapsed_s": progress.elapsed()})
     text_encoder.cpu().eval().requires_grad_(False)
     unet.cpu().eval().requires_grad_(False)
     return text_encoder, unet, state["total"]
@@ -390,11 +397,24 @@ def train(config: TrainConfig, out: Path = DEFAULT_OUT, workdir: Path = Path("ru
     make_standard(out, vae=vae, images=config.latent_rgb_images)  # CLIP's tokenizer files, text_model. names, previews
     if config.text_encoder_from:  # the CLIP the text encoder comes from ships beside it
         shutil.copytree(config.text_encoder_from, out / "clip", dirs_exist_ok=True)
+    stages = ("denoiser",) if config.init_from else ("vae", "denoiser")
     summary = {"config": {**asdict(config), "unet_steps_run": steps}, "minutes": (time.time() - started) / 60,
-               "torch": torch.__version__, "device": device_name(config.device)}
+               "training_minutes": stage_minutes(workdir, stages), "torch": torch.__version__,
+               "device": device_name(config.device)}
     write_training_record(out, summary, config.init_from)
     print(f"wrote {out} in {summary['minutes']:.1f} min", flush=True)
     return out
+
+
+def stage_minutes(workdir: Path, stages: tuple[str, ...]) -> dict[str, float]:
+    """{stage: minutes it trained over every sitting} from the stages' last checkpoints in ``workdir`` ("minutes"
+    in training.json is this sitting's wall time, rendering and saving included)."""
+    minutes = {}
+    for stage in stages:
+        state = workdir / f"{stage}.json"
+        if state.exists() and "elapsed_s" in (recorded := json.loads(state.read_text())):
+            minutes[stage] = recorded["elapsed_s"] / 60
+    return minutes
 
 
 def check_device(device: str) -> None:
