@@ -61,10 +61,13 @@ def test_attention_faithfulness_gate(toy):
 
 def test_two_object_prompts_find_both_objects_at_their_places_in_seven_of_ten(toy):
     """Issue 14's gate (>= 0.80) is missed: the shipped model finds both objects at their places in 34 of 48
-    prompts that no training scene shows (the model before it, 27); in the others an object is missing or in the
-    wrong place."""
+    prompts that no training scene shows (the model before it, 27). Most misses are binding, not drawing: both
+    kinds in each other's places (7) or one kind in both halves (6); one kind wrong (1)."""
     scores = gates.two_object_following(toy, n=48)
     assert scores["n"] == 48 and scores["both"] >= SHIPPED_TWO_OBJECTS - 0.05, scores
+    outcomes = scores["outcomes"]
+    missed = 48 - outcomes["both at their places"]
+    assert outcomes["kinds swapped"] + outcomes["one kind twice"] >= 0.75 * missed, outcomes
     assert scores["both"] < gates.THRESHOLDS["two_objects"]
 
 

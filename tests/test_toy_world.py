@@ -1,11 +1,13 @@
 """The toy world (scenes, renders, masks, captions, held-out split) and its judge."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
 from sdexplore.toy import world
-from sdexplore.toy.judge import get_judge
+from sdexplore.toy.judge import get_judge, pair_outcome
 from sdexplore.toy.world import ObjectSpec, SceneSpec
 
 POSITION_WORD_TO_POSITION = {
@@ -201,6 +203,14 @@ def test_judge_reads_both_objects_of_blurred_noisy_pair_scenes():
         images.append(np.clip(noisy, 0, 255).astype(np.uint8))
     scores = judge.score_pairs(images, scenes)
     assert scores["both"] >= 0.95 and scores["n"] == 120, scores
+    assert sum(scores["outcomes"].values()) == 120
+    assert scores["outcomes"]["both at their places"] == round(scores["both"] * 120)
+    # the same pictures read against their scenes with the two places exchanged: the kinds come out swapped
+    exchanged = [world.SceneSpec([replace(a, position=b.position), replace(b, position=a.position)], s.background)
+                 for s in scenes for a, b in [s.objects]]
+    different = [i for i, s in enumerate(scenes) if s.objects[0].kind != s.objects[1].kind]
+    swapped = judge.score_pairs([images[i] for i in different], [exchanged[i] for i in different])["outcomes"]
+    assert swapped["kinds swapped"] >= 0.9 * len(different) and swapped["both at their places"] == 0, swapped
     # one object painted out: that pair is no longer found, the other object still is
     scene = scenes[0]
     half = judge_half_only(images[0], scene.objects[0].position)
@@ -209,6 +219,20 @@ def test_judge_reads_both_objects_of_blurred_noisy_pair_scenes():
         judge.score_pairs(images[:1], world.held_out_prompts(1))
     with pytest.raises(ValueError, match="left, right, top, bottom"):
         judge.predict_pair(images[0], ("center", "left"))
+
+
+def test_a_pair_reading_falls_in_one_outcome():
+    cat, ball = ObjectSpec("cat", "orange", "plain", "green", "left"), ObjectSpec("ball", "red", position="right")
+    scene = SceneSpec([cat, ball], "sea")
+
+    def read(*kinds_and_places):
+        return [{"kind": kind, "color": "red", "position": place} for kind, place in kinds_and_places]
+
+    assert pair_outcome(read(("cat", "left"), ("ball", "right")), scene) == "both at their places"
+    assert pair_outcome(read(("cat", "center"), ("ball", "right")), scene) == "kinds right, a place off"
+    assert pair_outcome(read(("ball", "left"), ("cat", "right")), scene) == "kinds swapped"
+    assert pair_outcome(read(("ball", "left"), ("ball", "right")), scene) == "one kind twice"
+    assert pair_outcome(read(("fish", "left"), ("ball", "right")), scene) == "a kind wrong"
 
 
 def judge_half_only(image, position):

@@ -195,8 +195,9 @@ def measure_all(pipe, n: int = 100, n_attention: int = 32, n_pairs: int = 48) ->
     following = prompt_following(pipe, n=n)
     results = {key: following[key] for key in ("kind", "color", "position", "cat_vs_kitten")}
     results["all_three"] = following.get("all")
-    results["two_objects"] = two_object_following(pipe, n=n_pairs)["both"]
-    results["two_objects_both_held_out"] = two_object_following(pipe, n=n_pairs, both=True)["both"]
+    pairs = {both: two_object_following(pipe, n=n_pairs, both=both) for both in (False, True)}
+    results["two_objects"], results["two_objects_both_held_out"] = pairs[False]["both"], pairs[True]["both"]
+    results["two_objects_outcomes"] = {both: scores["outcomes"] for both, scores in pairs.items()}
     results["img2img_keeps_both"] = img2img_keeps_both(pipe, n=n_pairs)["both"]
     results["attention"] = attention_by_method(pipe, n_attention)
     results["mean_iou"] = results["attention"]["sdexplore"][ATTENTION_THRESHOLD]
@@ -260,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
           ", ".join(f"{a:.2f}: {r:.2f}" for a, r in zip(rates["alphas"], rates["kitten_rate"])))
     print(f"all three right    {results['all_three']}")
     print(f"two objects, both held out at their places: {results['two_objects_both_held_out']:.3f}")
+    for both, outcomes in results["two_objects_outcomes"].items():
+        counts = ", ".join(f"{outcome} {count}" for outcome, count in outcomes.items())
+        print(f"two objects, {'both' if both else 'one'} held out: {counts}")
     print(attention_comparison(results["attention"]))
     return 1 if failures else 0
 

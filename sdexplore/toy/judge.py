@@ -253,21 +253,40 @@ class Judge:
         return self.predict([only_half(image, position) for position in positions])
 
     def score_pairs(self, images: np.ndarray | Sequence[np.ndarray],
-                    scenes: Sequence[world.SceneSpec]) -> dict[str, float]:
+                    scenes: Sequence[world.SceneSpec]) -> dict:
         """Against two-object scenes: ``both`` (both kinds found, each at its stated position), ``kinds`` (both
-        kinds right, anywhere in their halves), ``objects`` (share of single objects found at their place)."""
+        kinds right, anywhere in their halves), ``objects`` (share of single objects found at their place), and
+        ``outcomes``: how many pictures fell in each of PAIR_OUTCOMES (see ``pair_outcome``)."""
         if len(images) != len(scenes):
             raise ValueError(f"{len(images)} images but {len(scenes)} scenes")
         if any(len(s.objects) != 2 for s in scenes):
             raise ValueError("score_pairs scores two-object scenes only")
-        found, kinds = [], []
+        found, kinds, outcomes = [], [], dict.fromkeys(PAIR_OUTCOMES, 0)
         for image, scene in zip(images, scenes):
             read = self.predict_pair(image, tuple(o.position for o in scene.objects))
             kinds.append([r["kind"] == o.kind for r, o in zip(read, scene.objects)])
             found.append([r["kind"] == o.kind and r["position"] == o.position for r, o in zip(read, scene.objects)])
+            outcomes[pair_outcome(read, scene)] += 1
         found, kinds = np.array(found), np.array(kinds)
         return {"both": float(found.all(axis=1).mean()), "kinds": float(kinds.all(axis=1).mean()),
-                "objects": float(found.mean()), "n": len(scenes)}
+                "objects": float(found.mean()), "n": len(scenes), "outcomes": outcomes}
+
+
+PAIR_OUTCOMES = ("both at their places", "kinds right, a place off", "kinds swapped", "one kind twice",
+                 "a kind wrong")
+
+
+def pair_outcome(read: list[dict[str, str]], scene: world.SceneSpec) -> str:
+    """Which of PAIR_OUTCOMES the judge's reading of each stated half (``predict_pair``) is for a pair scene:
+    both kinds at their places; both kinds in their halves but one read at another place; each half holding the
+    other's kind (the objects' places swapped); the same kind in both halves; otherwise a kind wrong."""
+    wanted, got = [o.kind for o in scene.objects], [r["kind"] for r in read]
+    if got == wanted:
+        placed = all(r["position"] == o.position for r, o in zip(read, scene.objects))
+        return "both at their places" if placed else "kinds right, a place off"
+    if got == wanted[::-1]:
+        return "kinds swapped"
+    return "one kind twice" if got[0] == got[1] else "a kind wrong"
 
 
 HALVES = {"left": (slice(None), slice(0, JUDGE_SIZE // 2)), "right": (slice(None), slice(JUDGE_SIZE // 2, None)),
