@@ -141,12 +141,13 @@ def test_a_truncated_tower_is_the_clips_earlier_layer_through_its_final_norm(tmp
             expected = clip.text_model.final_layer_norm(hidden[keep])
             torch.testing.assert_close(tower(ids)[0], expected, rtol=0, atol=1e-6)
     for bad in (0, layers + 1):
-        with pytest.raises(ValueError, match=f"has {layers} text layers"):
+        with pytest.raises(train.TrainingSetupError, match=f"has {layers} text layers"):
             train.frozen_text_tower(tmp_path / "clip", bad)
-    with pytest.raises(ValueError, match=f"has {layers} text layers"):  # before rendering, or the VAE stage
+    # refused before rendering, or the VAE stage
+    with pytest.raises(train.TrainingSetupError, match=f"has {layers} text layers"):
         train.train(replace(train.TEST_CONFIG, text_encoder_from=str(tmp_path / "clip"), text_layers=layers + 1),
                     out=tmp_path / "out", workdir=tmp_path / "work")
-    with pytest.raises(ValueError, match="give text_encoder_from"):
+    with pytest.raises(train.TrainingSetupError, match="give text_encoder_from"):
         train.train(replace(train.TEST_CONFIG, text_layers=1), out=tmp_path / "out", workdir=tmp_path / "work")
     with pytest.raises(SystemExit):
         train.main(["--test", "--text-layers", "1", "--out", str(tmp_path / "out"),
@@ -168,9 +169,21 @@ def test_going_on_from_a_folder_keeps_that_folders_tokenizer(tmp_path):
 def test_a_device_that_cannot_train_here_is_refused_before_any_work(tmp_path, capsys):
     for device, message in (("gpu", "is not a torch device"), ("meta", "trains on cpu or cuda")) + \
             ((("cuda", "no CUDA GPU is available"),) if not torch.cuda.is_available() else ()):
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(train.TrainingSetupError, match=message):
             train.train(replace(train.TEST_CONFIG, device=device), out=tmp_path / "out", workdir=tmp_path / "work")
         assert not (tmp_path / "work").exists()  # nothing rendered, nothing written
     arguments = ["--test", "--device", "gpu", "--out", str(tmp_path / "o"), "--workdir", str(tmp_path / "w")]
     assert train.main(arguments) == 2
     assert "is not a torch device" in capsys.readouterr().err
+
+
+def test_main_prints_setup_errors_but_lets_other_errors_raise(tmp_path, monkeypatch, capsys):
+    """Only a refused configuration becomes a one-line error; a ValueError from inside training is a bug and keeps
+    its traceback."""
+    def broken(*args, **kwargs):
+        raise ValueError("a tensor of the wrong shape, deep inside training")
+
+    monkeypatch.setattr(train, "train", broken)
+    with pytest.raises(ValueError, match="deep inside training"):
+        train.main(["--test", "--out", str(tmp_path / "o"), "--workdir", str(tmp_path / "w")])
+    assert "error:" not in capsys.readouterr().err

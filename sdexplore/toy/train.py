@@ -60,6 +60,10 @@ from .model import (
 DEFAULT_OUT = Path("runs/toy/model")  # to ship it, copy it to sdexplore/toy/weights once it clears the gates
 
 
+class TrainingSetupError(ValueError):
+    """A configuration that cannot train here (device, text layers), refused before any work is done."""
+
+
 @dataclass
 class TrainConfig:
     size: ToySize = field(default_factory=lambda: FULL)
@@ -248,11 +252,12 @@ def load_tokenizer(config: TrainConfig):
 
 
 def check_text_layers(clip_folder: str | os.PathLike, layers: int | None) -> int:
-    """How many of the CLIP's text layers to keep (all for None); ValueError naming the range otherwise."""
+    """How many of the CLIP's text layers to keep (all for None); TrainingSetupError naming the range otherwise."""
     total = CLIPConfig.from_pretrained(clip_folder).text_config.num_hidden_layers
     layers = total if layers is None else layers
     if not 1 <= layers <= total:
-        raise ValueError(f"text_layers={layers}: the CLIP in {clip_folder} has {total} text layers; use 1..{total}")
+        raise TrainingSetupError(
+            f"text_layers={layers}: the CLIP in {clip_folder} has {total} text layers; use 1..{total}")
     return layers
 
 
@@ -367,7 +372,7 @@ def train(config: TrainConfig, out: Path = DEFAULT_OUT, workdir: Path = Path("ru
     A model already in ``out`` is never replaced unless ``overwrite``: checked before any training.
     """
     if config.text_layers is not None and not config.text_encoder_from:
-        raise ValueError("text_layers chooses layers of a frozen CLIP tower: give text_encoder_from too")
+        raise TrainingSetupError("text_layers chooses layers of a frozen CLIP tower: give text_encoder_from too")
     check_device(config.device)
     if config.text_encoder_from:  # before any rendering or training, not after the VAE stage
         check_text_layers(config.text_encoder_from, config.text_layers)
@@ -418,16 +423,16 @@ def stage_minutes(workdir: Path, stages: tuple[str, ...]) -> dict[str, float]:
 
 
 def check_device(device: str) -> None:
-    """ValueError naming what is available when ``device`` cannot train here (checked before any work)."""
+    """TrainingSetupError naming what is available when ``device`` cannot train here (checked before any work)."""
     try:
         kind = torch.device(device).type
     except RuntimeError as error:
-        raise ValueError(f"device={device!r} is not a torch device: use cpu, cuda or cuda:N") from error
+        raise TrainingSetupError(f"device={device!r} is not a torch device: use cpu, cuda or cuda:N") from error
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r}: no CUDA GPU is available here (torch {torch.__version__}); "
+        raise TrainingSetupError(f"device={device!r}: no CUDA GPU is available here (torch {torch.__version__}); "
                          "use --device cpu")
     if kind not in ("cpu", "cuda"):
-        raise ValueError(f"device={device!r}: the toy trains on cpu or cuda")
+        raise TrainingSetupError(f"device={device!r}: the toy trains on cpu or cuda")
 
 
 def device_name(device: str) -> str:
@@ -480,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
                       if v is not None})
     try:
         train(replace(config, **overrides), out=args.out, workdir=args.workdir, overwrite=args.overwrite)
-    except (FileExistsError, ValueError) as error:
+    except (FileExistsError, TrainingSetupError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
