@@ -61,9 +61,10 @@ def test_05_the_recorded_guided_prediction_is_the_formula(toy):
     torch.testing.assert_close(guidance.guided(run.noise_pred_uncond, run.noise_pred_text, 0.0),
                                run.noise_pred_uncond)
     ratio = parts["difference"] / parts["text"]
-    assert ratio[0] > 0.5 and ratio[-1] < 0.15  # large at the first step, small by the end
-    assert parts["guided"][0] > 5 * parts["text"][0] and parts["guided"][STEPS // 2] < 1.5 * parts["text"][STEPS // 2]
-    assert ((parts["uncond"] - parts["text"]).abs()[1:] < 0.3).all()  # the two predictions are alike in size
+    assert ratio[0] > 0.9 and ratio[-1] < 0.15  # large at the first step (0.97), about a tenth by the end (0.11)
+    assert parts["guided"][0] > 7 * parts["text"][0] and parts["guided"][STEPS // 2] < 1.5 * parts["text"][STEPS // 2]
+    assert parts["uncond"][0] < 0.5 * parts["text"][0]  # the unconditional prediction starts small (0.29 vs 0.99)
+    assert ((parts["uncond"] - parts["text"]).abs()[1:] < 0.3).all()  # then the two are alike in size
 
 
 def test_05_diffusers_ignores_w_at_or_below_one(sweep_05):
@@ -95,36 +96,43 @@ def test_05_the_negative_prompt_white_makes_fewer_white_cats(negative_05):
     assert all(v["kind"] == "cat" for v in plain + negative)
     assert guidance.share_judged(plain, "color", "white") == 1.0
     assert guidance.share_judged(negative, "color", "white") == 0.0  # none of the 16 is white
-    assert guidance.share_judged(negative, "color", "brown") >= 0.9  # 15 of 16 judged brown, 1 orange
+    assert guidance.share_judged(negative, "color", "brown") == 1.0  # all 16 judged brown
 
 
 SEA = np.zeros((64, 64), bool)
 SEA[:, 40:] = True  # the right third of notebook 05's picture: only sea
 
 
-def test_05_high_guidance_neither_burns_the_picture_nor_wipes_out_the_sea(sweep_05):
-    """Measured instead of SD's "burnt" pictures: on the toy model high w clips under 1% and only thins the waves."""
+def test_05_high_guidance_does_not_burn_the_picture_but_thins_the_sea(sweep_05):
+    """Measured instead of SD's "burnt" pictures: on the toy model high w clips under 1% of the values, and it
+    thins the sea's waves (18% less texture than at w = 7.5 at w = 20, 30% less at w = 30) without wiping them out."""
     clipped = sweep_05["clipped"].numpy()
-    assert (clipped < 0.01).all()  # 0.11% at w <= 1, 0.95% at w = 30
-    assert clipped[-1] > 3 * clipped[2]  # but it grows with w
+    assert (clipped < 0.01).all()  # 0.11% at w <= 1, 0.12% at 7.5, 0.37% at w = 30
+    assert clipped[-1] > 3 * clipped[2]  # but w = 30 clips more than no guidance
     saturation = sweep_05["saturation"].numpy()
-    assert saturation.max() - saturation.min() < 0.05
+    assert saturation.max() - saturation.min() < 0.03  # 0.725 to 0.746
     sea = guidance.detail(sweep_05["pictures"].numpy(), SEA)
     at = {w: sea[SCALES.index(w)] for w in (1, 7.5, 20, 30)}
     assert at[7.5] > 0.9 * at[1]  # the default keeps the waves
-    assert 0.8 * at[7.5] < at[30] < at[20] < at[7.5]  # high guidance thins them a little (-8%, -14%), no more
+    assert 0.6 * at[7.5] < at[30] < at[20] < 0.9 * at[7.5]  # high guidance thins them (-18%, -30%), keeps most
     assert (np.diff(sea[2:]) <= 1e-3).all()
 
 
-def test_05_guidance_rescale_brings_the_std_back_and_leaves_the_sea(rescale_05, sweep_05):
+def test_05_guidance_rescale_brings_the_std_back_but_hardly_the_waves(rescale_05, sweep_05):
+    """At w = 20, phi = 1 gives the text prediction's std at every step; in the picture it gives back only ~5% of
+    the sea's texture (still below w = 7.5's), lowers saturation below w <= 1's, and clipping stays tiny."""
     ratio = rescale_05["std_ratio"].numpy()
     torch.testing.assert_close(rescale_05["std_ratio"][-1], torch.ones(STEPS), rtol=1e-3, atol=1e-3)
     assert ratio[0, 0] > 10 and ratio[0].min() > 1  # w = 20 inflates the prediction's std, most at the start
     assert ratio[1].mean() < ratio[0].mean()
     sea = guidance.detail(rescale_05["pictures"].numpy(), SEA)
-    assert np.abs(sea - sea[0]).max() < 0.05 * sea[0]  # w = 20 had barely thinned the waves: phi hardly matters
-    assert rescale_05["clipped"][2] < 0.6 * rescale_05["clipped"][0]  # phi = 1 halves the clipped share
-    assert sea[2] > 0.9 * guidance.detail(sweep_05["pictures"].numpy(), SEA)[SCALES.index(7.5)]
+    sea_default = guidance.detail(sweep_05["pictures"].numpy(), SEA)[SCALES.index(7.5)]
+    assert sea[0] < sea[1:].min() and sea.max() < 1.1 * sea[0]  # phi gives back a little texture (0.035 -> 0.037)
+    assert sea.max() < 0.9 * sea_default  # not what w = 7.5 keeps (0.043)
+    saturation = rescale_05["saturation"]
+    assert saturation[2] < saturation[0] - 0.02  # phi = 1: 0.746 -> 0.715
+    assert saturation[2] < sweep_05["saturation"][SCALES.index(1)]  # below w <= 1's 0.725
+    assert (rescale_05["clipped"] < 0.003).all()  # 0.12%, 0.08%, 0.25%
 
 
 # --- notebook 06: inpainting ----------------------------------------------------------------------------
@@ -175,8 +183,8 @@ def test_06_masking_again_restores_the_original_exactly_outside_the_mask(results
     original, repaint = scene_06
     for pasted in results_06["recomposited"].numpy():
         assert np.array_equal(pasted[~repaint], original[~repaint])
-    assert (results_06["seam_inpainted"] < 1.05).all()  # the model's own picture has no edge at the mask (0.94-1.00)
-    assert (results_06["seam_recomposited"] > 1.2).all()  # pasting the original back makes one
+    assert (results_06["seam_inpainted"] < 1.05).all()  # the model's own picture has no edge at the mask (0.93-0.96)
+    assert (results_06["seam_recomposited"] > 1.2).all()  # pasting the original back makes one (1.27-1.31)
     assert (results_06["seam_recomposited"] > results_06["seam_inpainted"]).all()
     assert inpaint.seam(original, repaint) < 1
 
@@ -234,10 +242,13 @@ def test_07_ten_steps_are_enough_for_the_deterministic_schedulers(sweep_07):
     assert distance[:3, 0].min() > TOLERANCE  # 5 steps are not
 
 
-def test_07_euler_ancestral_does_not_converge_to_the_reference(sweep_07):
+def test_07_euler_ancestral_never_comes_within_tolerance_of_the_reference(sweep_07):
+    """Euler a's fresh noise: more steps bring it closer (0.096 at 10, 0.048 at 50), never within 2%, and at 50
+    steps it is still 16 times as far as DDIM, Euler and DPM++."""
     distance = sweep_07["distance"].numpy()
-    assert distance[3, -1] >= distance[3, 1]  # more steps do not bring it closer
-    assert distance[3, -1] > 5 * distance[:3, -1].max()
+    assert (distance[3] > TOLERANCE).all() and schedule.practical_steps(COUNTS, distance[3], TOLERANCE) is None
+    assert distance[3, -1] < distance[3, 1]  # closer at 50 steps than at 10
+    assert distance[3, -1] > 10 * distance[:3, -1].max()
 
 
 def test_07_the_first_guess_is_far_from_the_end_and_late_guesses_are_close(sweep_07):

@@ -69,11 +69,17 @@ def noise(toy):
                            seeds=[0, 1], alphas=NOISE_ALPHAS, method=method, **SETTINGS) for method in walks.METHODS}
 
 
-def test_09_two_prompts_one_word_apart_are_close_so_lerp_and_slerp_draw_the_same(toy, grid, lerp_row):
+def test_09_two_prompts_one_word_apart_are_close_so_lerp_and_slerp_draw_the_same_pictures(toy, grid, lerp_row):
+    """The pictures differ by at most 0.1% of the pixel range; the judge still names them alike at every alpha
+    but 0.67, the first smaller cat, which sits on its cat/kitten border (lerp: cat, slerp: kitten)."""
     a, b = walks.encode(toy, CAT), walks.encode(toy, KITTEN)
     assert torch.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.9
-    assert judged(lerp_row) == judged(grid["pictures"][:, 0])
-    assert walks.picture_gap(lerp_row, grid["pictures"][:, 0]).max() < 0.05
+    slerp_row = grid["pictures"][:, 0]
+    assert walks.picture_gap(lerp_row, slerp_row).max() < 0.001
+    by_lerp, by_slerp = judged(lerp_row), judged(slerp_row)
+    border = ALPHAS.index(4 / 6)
+    assert [i for i in range(len(ALPHAS)) if by_lerp[i] != by_slerp[i]] == [border], (by_lerp, by_slerp)
+    assert (by_lerp[border], by_slerp[border]) == ("cat", "kitten")
 
 
 def test_09_lerp_between_two_seeds_shrinks_the_noise_to_one_over_root_two_slerp_keeps_it(noise):
@@ -104,7 +110,7 @@ def varied(toy):
 def test_09_a_small_variation_strength_keeps_the_picture_and_a_large_one_moves_it(varied):
     moved = walks.picture_gap(varied, varied[:1].expand_as(varied))
     assert moved[STRENGTHS.index(0.05)] < 0.5 * moved[-1]
-    assert moved[STRENGTHS.index(0.75)] < 0.03 and moved[-1] > 0.05  # kept up to 0.75, then moved
+    assert moved[STRENGTHS.index(0.75)] < 0.035 and moved[-1] > 0.05  # kept up to 0.75 (3.2%), then moved (8.2%)
     jumps = moved[1:] - moved[:-1]
     assert int(jumps.argmax()) == STRENGTHS.index(0.75) and jumps.max() > 0.5 * moved[-1]  # in one jump (0.75 -> 1)
     assert judged(varied) == ["cat"] * len(STRENGTHS)
@@ -124,34 +130,33 @@ def test_09_the_circular_walk_keeps_the_noise_on_the_sphere_and_comes_back(circl
     assert (rms / rms[0] - 1).abs().max() < 0.1
     assert walks.picture_gap(pictures[-1:], pictures[:1])[0] < 0.01  # t = 2π draws what t = 0 drew
     steps_apart = walks.picture_gap(pictures[1:], pictures[:-1])
-    assert (steps_apart <= 0.04).sum() >= len(steps_apart) - 3  # most frames move little ...
-    assert (steps_apart >= 0.05).sum() >= 2  # ... and the picture jumps a few times around the loop
+    assert (steps_apart <= 0.03).sum() >= len(steps_apart) - 2  # ten of twelve steps move it by 3% or less ...
+    assert (steps_apart >= 0.05).sum() >= 2  # ... and the picture jumps twice around the loop
 
 
 def test_09_neighbouring_runs_split_early_at_the_same_alpha_in_every_seed(grid):
-    """The ridge is the pair alpha 0.50 -> 0.67: it parts at the start in every seed and each seed's picture
-    changes most across it; in seeds 1 and 3 the pair before it parts too; the judge flips on it (seeds 1, 2)
-    or one or two alpha later (seeds 0, 3), on pairs that stay together."""
+    """The ridge is the pair alpha 0.50 -> 0.67: it parts at the start in every seed; in seeds 0, 1 and 3 it is
+    the only pair that parts and the picture changes most across it; in seed 2 the two pairs before it part too
+    (the ridge three pairs wide) and the picture changes most at the first of them; the judge flips on the ridge
+    (seeds 0, 2) or one or two alpha later (seeds 1, 3), on pairs that stay together."""
     split = walks.split_steps(grid["x0"], THRESHOLD)
     steps = SETTINGS["num_inference_steps"]
     ridge = ALPHAS.index(0.5)  # the pair (0.50, 0.67)
-    assert (split[ridge] <= steps // 10).all(), split  # parts in every seed, in the first tenth of the steps ...
+    assert (split[ridge] <= steps // 10).all(), split  # parts in every seed, in the first tenth of the steps
+    assert (split[0] == steps).all() and (split[ridge + 1:] == steps).all(), split  # the ends stay together
+    wide = ridge - 2  # seed 2: the pairs 0.17 -> 0.33 and 0.33 -> 0.50 part early too; seeds 0, 1, 3: they do not
+    assert split[wide:ridge].tolist() == [[steps, steps, 2, steps]] * 2, split
     gaps = torch.stack([walks.picture_gap(grid["pictures"][i], grid["pictures"][i + 1])
                         for i in range(len(ALPHAS) - 1)])  # [pairs, S]
-    assert (gaps.argmax(0) == ridge).all(), gaps  # ... and each seed's picture changes most across it
-    assert (split[0] == steps).all() and (split[ridge + 1:] == steps).all(), split  # the ends stay together
-    assert split[ridge - 1].tolist() == [steps, 2, steps, 2], split  # seeds 1 and 3: the pair before parts too
+    assert gaps.argmax(0).tolist() == [ridge, ridge, wide, ridge], gaps  # where each seed's picture changes most
+    assert set(gaps[:, 2].topk(3).indices.tolist()) == {wide, wide + 1, ridge}, gaps  # seed 2: in three steps
     flips = []
     for s in range(len(SEEDS)):
         kinds = judged(grid["pictures"][:, s])
         flip = kinds.index("kitten")
         assert kinds == ["cat"] * flip + ["kitten"] * (len(kinds) - flip)  # the judge flips once
         flips.append(flip - 1)  # the pair across the judge's flip
-    assert flips == [ridge + 1, ridge, ridge, ridge + 2], flips
-    # seed 0's pair 0.17 -> 0.33 sits on the 20% line (20-23% from step 2 on) and ends just over it
-    on_the_line = walks.x0_distance(grid["x0"][1, 0], grid["x0"][2, 0])
-    assert split[1, 0] > steps // 2 and (split[1, 1:] == steps).all(), split
-    assert on_the_line[2:].min() > 0.9 * THRESHOLD and on_the_line[-1] < 1.25 * THRESHOLD, on_the_line
+    assert flips == [ridge, ridge + 1, ridge, ridge + 2], flips
     together = (split == steps).nonzero().tolist()
     drift = torch.stack([walks.x0_distance(grid["x0"][i, s], grid["x0"][i + 1, s]) for i, s in together])  # [pairs, N]
     assert drift.amax(-1).max() > THRESHOLD and drift[:, -1].max() < THRESHOLD  # drift apart, come back
