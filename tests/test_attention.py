@@ -185,14 +185,14 @@ def test_processors_are_put_back_after_an_error(pipes):
     before = _all_processors(pipe)
 
     def fail(pipe, step, timestep, kwargs):
-        assert pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2._forward_pre_hooks  # recording
+        assert pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2._forward_hooks  # recording
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
         sdexplore.trace(pipe, "a dog", seed=0, attention=True, callback_on_step_end=fail, **FAST)
     after = _all_processors(pipe)
     assert all(after[name] is before[name] for name in before)
-    assert not any(module._forward_pre_hooks for module in pipe.unet.modules())
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in pipe.unet.modules())
 
 
 def test_other_processors_are_wrapped_and_kept():
@@ -243,7 +243,7 @@ def test_replacing_processors_during_the_run():
     with pytest.raises(UncapturableAttentionError, match=r"down_blocks.0.attentions.0.transformer_blocks.0.attn2 "
                                                          r"\(Opaque\).*trusted_processors"):
         sdexplore.trace(pipe, PROMPT, seed=0, attention=True, callback_on_step_end=opaque, **FAST)
-    assert not any(module._forward_pre_hooks for module in pipe.unet.modules())
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in pipe.unet.modules())
     pipe.unet.set_attn_processor(Mine())  # a subclass of a standard processor is standard
     assert sdexplore.trace(pipe, PROMPT, seed=0, attention=True, **FAST).attention.num_steps == 3
 
@@ -424,7 +424,7 @@ def test_trace_refuses_a_capture_over_its_budget(pipes):
     with pytest.raises(AttentionCaptureTooLargeError, match=r"would keep 115.5 KB \(mode='per_layer'.*These fit: "
                                                             r"attention='aggregate' keeps 28.9 KB"):
         sdexplore.trace(pipe, PROMPT, seed=0, attention="per_layer", attention_options={"max_bytes": 40_000}, **FAST)
-    assert not any(module._forward_pre_hooks for module in pipe.unet.modules())
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in pipe.unet.modules())
     run = sdexplore.trace(pipe, PROMPT, seed=0, attention="per_layer", attention_options={"max_bytes": 118_272},
                           **FAST)
     assert run.attention.nbytes == 118_272
@@ -467,6 +467,22 @@ def test_standard_cross_attention_projections_are_read_not_recomputed(pipes):
             handle.remove()
     assert counts == plain and all(n == FAST["num_inference_steps"] for n in plain.values())
     assert not any(module._forward_hooks or module._forward_pre_hooks for module in pipe.unet.modules())
+
+
+def test_a_layer_whose_projections_are_read_takes_three_hooks_and_no_pre_hook(pipes):
+    """Such a layer is recorded after its call (with its inputs, from a hook with kwargs): hooks on to_q and to_k
+    and one after the layer, three Python calls per layer and step instead of four."""
+    pipe = pipes["tiny"]
+    layers = {name: module for name, module in pipe.unet.named_modules() if name.endswith("attn2")}
+    seen = {}
+
+    def look(pipe, step, timestep, kwargs):
+        seen.update({name: (len(m._forward_pre_hooks), len(m._forward_hooks), len(m.to_q._forward_hooks),
+                            len(m.to_k._forward_hooks)) for name, m in layers.items()})
+        return {}
+
+    sdexplore.trace(pipe, PROMPT, seed=0, attention=True, callback_on_step_end=look, **FAST)
+    assert seen and all(counts == (0, 1, 1, 1) for counts in seen.values()), seen
 
 
 def test_a_processor_that_calls_its_projections_twice_gets_them_recomputed(monkeypatch):

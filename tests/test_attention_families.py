@@ -330,7 +330,7 @@ def test_a_run_over_the_budget_is_refused_before_its_first_step(pipes):
     assert "would keep 128.0 KB (mode='per_layer', keep='per_step', per_head=True" in message
     assert "max_bytes=100000" in message
     assert "attention='aggregate' keeps 32.0 KB" in message and "attention='per_layer' without per_head" in message
-    assert not any(module._forward_pre_hooks for module in pipe.transformer.modules())
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in pipe.transformer.modules())
     with pytest.raises(ValueError, match="max_bytes must be a positive number of bytes, got -1"):
         AttentionRecorder(pipe, max_bytes=-1)
 
@@ -375,7 +375,7 @@ def test_an_uncapturable_layer_is_an_error_naming_it_and_its_processor(pipes):
                                                          r"\(Opaque\).*trusted_processors"):
         with AttentionRecorder(pipe):
             pass
-    assert not any(module._forward_pre_hooks for module in pipe.transformer.modules())
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in pipe.transformer.modules())
 
 
 def test_module_processors_keep_working_and_stay_in_place():
@@ -443,7 +443,7 @@ def test_hooks_are_removed_after_an_error(pipes):
         with pytest.raises(RuntimeError, match="boom"):
             with AttentionRecorder(pipe, text_to_text=True, self_attention_patches=[(0, 0)]):
                 generate(pipe, callback_on_step_end=fail)
-        assert not any(module._forward_pre_hooks for module in pipe.transformer.modules())
+        assert not any(module._forward_hooks or module._forward_pre_hooks for module in pipe.transformer.modules())
 
 
 def test_bad_options_are_named(pipes):

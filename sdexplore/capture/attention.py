@@ -159,9 +159,10 @@ class AttentionRecorder:
             self._handles.append(self.denoiser.register_forward_pre_hook(self._before_denoiser, with_kwargs=True))
             for layer in {**self.layers, **self.self_layers}.values():
                 hook = _LayerHook(self, layer)
-                self._handles.append(layer.module.register_forward_pre_hook(hook, with_kwargs=True))
                 if reads_projections(layer) and layer.name not in self.self_layers:
-                    self._handles += hook.read_projections()
+                    self._handles += hook.read_projections()  # after the call: no pre-hook needed
+                else:
+                    self._handles.append(layer.module.register_forward_pre_hook(hook, with_kwargs=True))
             encoder = getattr(self.pipe, "text_encoder", None)
             if self.keep_negative and encoder is not None:
                 self._handles.append(encoder.register_forward_pre_hook(self._before_text_encoder, with_kwargs=True))
@@ -242,10 +243,11 @@ class AttentionRecorder:
         except AttributeError:  # outside a pipeline call, or a pipeline without CFG (Flux)
             return False
 
-    def _record(self, layer, args, kwargs, signature=None, hook: _LayerHook | None = None) -> None:
-        """One attention call: its queries and keys for the wanted rows, kept as asked. Where the layer's own
-        to_q / to_k calls are read (``hook.reading``), the maps are made after the call from their outputs;
-        otherwise the queries and keys are recomputed now."""
+    def _record(self, layer, args, kwargs, signature=None, projected=None) -> None:
+        """One attention call: its queries and keys for the wanted rows, kept as asked. Called before the call
+        (queries and keys recomputed from its inputs), or after it with ``projected`` = (to_q's output, to_k's
+        output) where the layer's own projections were read (see _LayerHook; None there when the processor did not
+        call each once on the whole batch: then recomputed too, from the same inputs)."""
         collector = self._collector
         if threading.get_ident() != self._owner or not collector.is_open:
             return
@@ -257,18 +259,9 @@ class AttentionRecorder:
             raise UncapturableAttentionError(f"attention layer {layer.name} ({type(layer.processor).__name__}) "
                                              f"cannot be captured exactly: {reason}")
         inputs = bind_inputs(layer.module, args, kwargs, signature)
-        rows = collector.rows(inputs["hidden_states"].shape[0], self.keep_negative)
-        if hook is not None and hook.reading and reads_projections(layer):
-            hook.expect(inputs, rows)  # finished in _record_projected, after the layer ran
-            return
-        self._keep_maps(layer, inputs, rows)
-
-    def _record_projected(self, layer, hook: _LayerHook) -> None:
-        """After a layer whose to_q / to_k outputs were read: the maps from them (one call each, whole batch), or
-        recomputed when the processor did not call them so (then from the inputs bound before the call)."""
-        inputs, rows, projected = hook.collect()
         batch = inputs["hidden_states"].shape[0]
-        if projected is not None and not all(output.shape[0] == batch for output in projected):
+        rows = collector.rows(batch, self.keep_negative)
+        if projected is not None and not (reads_projections(layer) and all(o.shape[0] == batch for o in projected)):
             projected = None
         self._keep_maps(layer, inputs, rows, projected)
 
@@ -377,50 +370,51 @@ class AttentionRecorder:
 
 
 class _LayerHook:
-    """The forward pre-hook of one attention module: hands its inputs to the recorder, changes nothing.
+    """The hooks of one attention module: they hand its inputs to the recorder and change nothing.
 
-    With ``read_projections`` it also reads the outputs of the module's to_q and to_k during the call (forward
-    hooks on them) and hands them to the recorder after the call (a forward hook on the module), so a standard
-    cross-attention layer's queries and keys are not computed twice."""
+    Called as a forward pre-hook, it records from the inputs (queries and keys recomputed). With
+    ``read_projections`` it instead reads the outputs of the module's to_q and to_k during the call (forward
+    hooks on them) and hands them with the inputs to the recorder after the call (a forward hook on the module,
+    with its kwargs), so a standard cross-attention layer's queries and keys are not computed twice and the layer
+    takes three hook calls a step, not four."""
 
     def __init__(self, recorder: AttentionRecorder, layer):
         self.recorder, self.layer = recorder, layer
         self.signature = inspect.signature(layer.module.forward)
-        self.reading = False
-        self._pending: tuple[dict, slice] | None = None
         self._outputs: dict[str, list[torch.Tensor]] = {"q": [], "k": []}
 
     def __call__(self, module, args, kwargs):
-        self.recorder._record(self.layer, args, kwargs, self.signature, self)
+        self.recorder._record(self.layer, args, kwargs, self.signature)
         return None
 
     def read_projections(self) -> list:
         """Install the hooks on to_q, to_k and after the module; returns their handles."""
         module = self.layer.module
-        self.reading = True
         return [module.to_q.register_forward_hook(self._projection_hook("q")),
                 module.to_k.register_forward_hook(self._projection_hook("k")),
-                module.register_forward_hook(self._after_layer)]
+                module.register_forward_hook(self._after_layer, with_kwargs=True)]
 
     def _projection_hook(self, which: str):
+        recorder, outputs = self.recorder, self._outputs
+
         def keep(module, args, output):
-            if self._pending is not None and threading.get_ident() == self.recorder._owner:
-                self._outputs[which].append(output)
+            if recorder._collector.is_open and threading.get_ident() == recorder._owner:
+                outputs[which].append(output)
         return keep
 
-    def expect(self, inputs: dict, rows: slice) -> None:
-        self._pending, self._outputs = (inputs, rows), {"q": [], "k": []}
+    def collect(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(q, k) when to_q and to_k were each called exactly once since the last collect, else None; resets."""
+        q, k = self._outputs["q"], self._outputs["k"]
+        once = (q[0], k[0]) if len(q) == 1 and len(k) == 1 else None
+        q.clear()
+        k.clear()
+        return once
 
-    def collect(self) -> tuple[dict, slice, tuple[torch.Tensor, torch.Tensor] | None]:
-        """(inputs, rows, (q, k) when to_q and to_k were each called exactly once, else None); resets."""
-        (inputs, rows), outputs = self._pending, self._outputs
-        self._pending, self._outputs = None, {"q": [], "k": []}
-        once = len(outputs["q"]) == 1 and len(outputs["k"]) == 1
-        return inputs, rows, (outputs["q"][0], outputs["k"][0]) if once else None
-
-    def _after_layer(self, module, args, output):
-        if self._pending is not None and threading.get_ident() == self.recorder._owner:
-            self.recorder._record_projected(self.layer, self)
+    def _after_layer(self, module, args, kwargs, output):
+        if threading.get_ident() != self.recorder._owner:
+            return None  # another thread's call of the same module: its projections were not kept either
+        projected = self.collect()
+        self.recorder._record(self.layer, args, kwargs, self.signature, projected)
         return None
 
 
