@@ -430,7 +430,7 @@ def check_device(device: str) -> None:
         raise TrainingSetupError(f"device={device!r} is not a torch device: use cpu, cuda or cuda:N") from error
     if kind == "cuda" and not torch.cuda.is_available():
         raise TrainingSetupError(f"device={device!r}: no CUDA GPU is available here (torch {torch.__version__}); "
-                         "use --device cpu")
+                                 "use --device cpu")
     if kind not in ("cpu", "cuda"):
         raise TrainingSetupError(f"device={device!r}: the toy trains on cpu or cuda")
 
